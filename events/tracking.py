@@ -1,0 +1,118 @@
+"""``leadcycle.events``: behaviour that web trackers publish."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from events.common import (
+    AnonymousId,
+    Email,
+    EventId,
+    EventTime,
+    LeadId,
+    Url,
+    WireModel,
+)
+
+BehaviourType = Literal[
+    "page_view",
+    "content_download",
+    "webinar_attended",
+    "email_click",
+    "form_submit",
+    "trial_signup",
+    "quote_request",
+    "demo_request",
+    "identify",
+    "unsubscribe",
+]
+BEHAVIOUR_TYPES: tuple[str, ...] = BehaviourType.__args__  # type: ignore[attr-defined]
+
+#: Limits on free-form properties beyond the named ones.
+MAX_EXTRA_PROPERTIES = 32
+MAX_EXTRA_VALUE_LENGTH = 1024
+
+
+class Properties(WireModel):
+    """What the event was about. Named keys are typed; up to 32 extra scalar keys are kept."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", str_max_length=4096)
+
+    url: Url | None = None
+    referrer: Url | None = None
+    content_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    title: Annotated[str, StringConstraints(max_length=512)] | None = None
+    form_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    campaign: Annotated[str, StringConstraints(max_length=128)] | None = None
+
+    @model_validator(mode="after")
+    def _bounded_extras(self) -> Self:
+        extra: dict[str, Any] = self.model_extra or {}
+        if len(extra) > MAX_EXTRA_PROPERTIES:
+            raise ValueError(f"at most {MAX_EXTRA_PROPERTIES} extra properties are allowed")
+        for key, value in extra.items():
+            if len(key) > 64:
+                raise ValueError(f"property name {key[:64]!r}... is longer than 64 characters")
+            if value is not None and not isinstance(value, str | int | float | bool):
+                raise ValueError(f"property {key!r} must be a string, number, boolean or null")
+            if isinstance(value, str) and len(value) > MAX_EXTRA_VALUE_LENGTH:
+                raise ValueError(
+                    f"property {key!r} is longer than {MAX_EXTRA_VALUE_LENGTH} characters"
+                )
+        return self
+
+
+class Context(WireModel):
+    """Where the event came from; the HTTP collector fills these in from the request."""
+
+    user_agent: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    ip: Annotated[str, StringConstraints(max_length=64)] | None = None
+    locale: Annotated[str, StringConstraints(max_length=35)] | None = None
+
+    @field_validator("ip")
+    @classmethod
+    def _ip_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value)  # raises ValueError with a clear message
+        return value
+
+
+class BehaviourTracked(WireModel):
+    """A visitor or lead did something a web tracker saw.
+
+    Producers key the message by ``lead_id`` when they know it, else by ``anonymous_id``.
+    """
+
+    event_id: EventId
+    type: BehaviourType
+    occurred_at: EventTime
+    anonymous_id: AnonymousId | None = None
+    lead_id: LeadId | None = None
+    email: Email | None = None
+    properties: Properties = Field(default_factory=Properties)
+    context: Context | None = None
+
+    @model_validator(mode="after")
+    def _who(self) -> Self:
+        if self.anonymous_id is None and self.lead_id is None:
+            raise ValueError("anonymous_id or lead_id is required")
+        if self.type == "identify" and self.email is None:
+            raise ValueError("email is required for an identify event")
+        return self
+
+    @property
+    def subject(self) -> str:
+        """The partition key: the lead when known, else the anonymous visitor."""
+        return self.lead_id if self.lead_id is not None else f"anon:{self.anonymous_id}"
+
+
+__all__ = ["BEHAVIOUR_TYPES", "BehaviourTracked", "BehaviourType", "Context", "Properties"]
