@@ -1,0 +1,82 @@
+"""Exponential time decay, kept as a few accumulators per lead.
+
+A contribution of ``p`` points anchored at time ``a`` with half-life ``h`` is worth
+``p * 2 ** (-(t - a) / h)`` at time ``t``. Contributions sharing a half-life are summed in one
+:class:`DecayGroup`: ``value`` is the group's worth at ``ref``, the newest anchor seen. Adding a
+newer contribution moves ``ref`` forward (rescaling ``value``); an older one is added already
+decayed to ``ref``. Exponents are therefore never positive, so nothing overflows however far
+apart events are, and the result depends only on the set of contributions, not on their order
+(up to float rounding, ~1e-15 relative).
+
+Reading at ``t`` earlier than ``ref`` (an event dated after the reading time, e.g. producer clock
+skew) reads the group at ``ref``: contributions are never extrapolated upwards.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+_SECONDS_PER_DAY = 86_400.0
+
+
+class DecayGroup(BaseModel):
+    """All contributions with one half-life: worth ``value`` at ``ref``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    half_life_days: float
+    ref: datetime
+    value: float
+
+
+def factor(later: datetime, earlier: datetime, half_life_days: float) -> float:
+    """``2 ** (-(later - earlier) / half_life)``; 1.0 when ``later`` is not after ``earlier``."""
+    seconds = (later - earlier).total_seconds()
+    if seconds <= 0:
+        return 1.0
+    return math.pow(2.0, -seconds / (half_life_days * _SECONDS_PER_DAY))
+
+
+def add(
+    groups: tuple[DecayGroup, ...], half_life_days: float, anchor: datetime, points: float
+) -> tuple[DecayGroup, ...]:
+    """``groups`` with ``points`` anchored at ``anchor`` added (zero points change nothing)."""
+    if points == 0:
+        return groups
+    out = []
+    found = False
+    for group in groups:
+        if group.half_life_days != half_life_days:
+            out.append(group)
+            continue
+        found = True
+        if anchor > group.ref:
+            value = group.value * factor(anchor, group.ref, half_life_days) + points
+            out.append(DecayGroup(half_life_days=half_life_days, ref=anchor, value=value))
+        else:
+            value = group.value + points * factor(group.ref, anchor, half_life_days)
+            out.append(DecayGroup(half_life_days=half_life_days, ref=group.ref, value=value))
+    if not found:
+        out.append(DecayGroup(half_life_days=half_life_days, ref=anchor, value=points))
+    return tuple(sorted(out, key=lambda g: g.half_life_days))
+
+
+def read(groups: Iterable[DecayGroup], at: datetime) -> float:
+    """The total worth of ``groups`` at ``at``."""
+    return math.fsum(g.value * factor(at, g.ref, g.half_life_days) for g in groups)
+
+
+def worth(
+    points: float, anchor: datetime, half_life_days: float, at: datetime, ref: datetime
+) -> float:
+    """What one contribution adds to a reading at ``at`` of a group whose newest anchor is ref."""
+    return points * factor(max(at, ref), anchor, half_life_days)
+
+
+def newest(groups: Iterable[DecayGroup]) -> datetime | None:
+    """The newest anchor over ``groups`` (None when empty)."""
+    return max((g.ref for g in groups), default=None)

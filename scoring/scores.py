@@ -1,0 +1,38 @@
+"""Reading a lead's scores at a given time."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from scoring.decay import read
+from scoring.rules import RuleSet
+from scoring.state import LeadState
+
+
+def raw_behaviour_score(state: LeadState, at: datetime) -> float:
+    """The behaviour score at ``at`` before the floor (negative rules may take it below 0)."""
+    return read(state.decay, at)
+
+
+def behaviour_score(state: LeadState, at: datetime, rules: RuleSet) -> float:
+    """The behaviour score at ``at``: decayed credits, floored at ``behaviour.floor`` if set.
+
+    The floor is applied when reading, never while accumulating, so it cannot make the score
+    depend on the order events arrive in.
+    """
+    raw = raw_behaviour_score(state, at)
+    floor = rules.behaviour.floor
+    return raw if floor is None else max(floor, raw)
+
+
+def fit_score(state: LeadState) -> float:
+    """The attribute (fit) score."""
+    return state.fit_score
+
+
+def priority(state: LeadState, at: datetime, rules: RuleSet) -> float:
+    """``fit_weight * fit + behaviour_weight * behaviour`` at ``at``."""
+    weights = rules.priority
+    return weights.fit_weight * state.fit_score + weights.behaviour_weight * behaviour_score(
+        state, at, rules
+    )
