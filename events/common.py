@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, StringConstraints
 
@@ -54,11 +54,28 @@ Email = Annotated[
 #: An event time: RFC 3339 with an offset (naive times are rejected), 2000-01-01..2100-01-01.
 EventTime = Annotated[AwareDatetime, AfterValidator(_in_range)]
 
+#: Why an input message was dead-lettered.
+RejectReason = Literal[
+    "invalid_json",
+    "invalid_utf8",
+    "schema",
+    "unknown_type",
+    "too_large",
+    "empty",
+    "processing_error",
+]
+
 ShortText = Annotated[str, StringConstraints(max_length=256)]
 Url = Annotated[str, StringConstraints(max_length=2048)]
 
 
 class WireModel(BaseModel):
     """Base of every message on a leadcycle topic: immutable, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputModel(WireModel):
+    """Base of input messages: no string anywhere longer than 4,096 characters."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_max_length=4096)

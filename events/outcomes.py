@@ -7,7 +7,7 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
-from events.common import EventId, EventTime, LeadId, RepId, WireModel
+from events.common import EventId, EventTime, InputModel, LeadId, RepId
 
 Outcome = Literal[
     "contacted",
@@ -38,7 +38,7 @@ RECYCLE_REASONS = ("uncontacted", "timing", "no_budget", "no_need", "competitor_
 EXCLUSION_REASONS = ("partner", "competitor", "student", "invalid")
 
 
-class Bant(WireModel):
+class Bant(InputModel):
     """Qualification facts: ``true``/``false`` when the rep learned them, ``null`` when unknown."""
 
     budget: bool | None = None
@@ -47,7 +47,7 @@ class Bant(WireModel):
     timeline: bool | None = None
 
 
-class OutcomeRecorded(WireModel):
+class OutcomeRecorded(InputModel):
     """Inside sales recorded the result of a touch on a lead."""
 
     event_id: EventId

@@ -7,41 +7,48 @@ from typing import Literal
 
 from pydantic import Field
 
-from events.common import WireModel
+from events.common import RejectReason, WireModel
 
 
 class DeadLetter(WireModel):
     """An input message that could not be accepted, with why and where it came from."""
 
-    message_id: str = Field(description="source topic, partition and offset: unique per input")
+    message_id: str = Field(description="source topic:partition:offset:sha256-prefix of the value")
     source_topic: str
     partition: int
     offset: int
     received_at: datetime
     error: str = Field(description="what was wrong, naming the field (`field: message; ...`)")
-    reason: Literal[
-        "invalid_json", "invalid_utf8", "schema", "unknown_type", "too_large", "empty"
-    ]
+    reason: RejectReason
     payload_size: int = Field(description="size of the original message value in bytes")
     payload_prefix: str = Field(description="the first bytes of the value, base64 (at most 4 KiB)")
 
 
-class ScoreChanged(WireModel):
-    """One score ledger entry: one rule applied to one event for one lead."""
+class ScoreEntry(WireModel):
+    """One ledger entry: one rule applied to one event."""
 
-    message_id: str = Field(description="the ledger entry id (event id + rule id)")
-    lead_id: str
+    entry_id: str
     event_id: str
     rule_id: str
-    rules_version: str
     kind: Literal["fit", "behaviour"]
     occurred_at: datetime
     raw_points: float
-    points: float = Field(description="points credited at event time (after caps)")
-    fit_score: float = Field(description="the lead's fit score after the batch")
-    behaviour_score: float = Field(description="behaviour score after the batch, decayed to now")
+    points: float = Field(description="points credited (after caps), at event time")
+
+
+class ScoreChanged(WireModel):
+    """A lead's scores after one batch changed them, with the ledger entries that did it."""
+
+    message_id: str = Field(description="lead id + digest of the entry ids: stable on re-send")
+    lead_id: str
+    rules_version: str
+    scored_at: datetime = Field(description="the time behaviour and priority are decayed to")
+    fit_score: float
+    grade: str
+    behaviour_score: float
     priority: float
     stage: str
+    entries: list[ScoreEntry]
 
 
 class FollowupChanged(WireModel):

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from events.common import Email, EventId, EventTime, LeadId, RepId, ShortText, WireModel
+from events.common import Email, EventId, EventTime, InputModel, LeadId, RepId, ShortText
 
 LeadSource = Literal[
     "demo_request",
@@ -33,7 +33,7 @@ PROFILE_FIELDS = (
 )
 
 
-class ProfileUpdated(WireModel):
+class ProfileUpdated(InputModel):
     """The CRM (or a form) changed what we know about a lead.
 
     A field that is absent leaves the stored value as it is; a field sent as ``null`` clears it.
@@ -54,7 +54,9 @@ class ProfileUpdated(WireModel):
 
     def changes(self) -> dict[str, object]:
         """The profile fields this event sets (present in the message), with their values."""
-        return {name: getattr(self, name) for name in PROFILE_FIELDS if name in self.model_fields_set}
+        return {
+            name: getattr(self, name) for name in PROFILE_FIELDS if name in self.model_fields_set
+        }
 
 
 __all__ = ["LEAD_SOURCES", "PROFILE_FIELDS", "LeadSource", "ProfileUpdated"]

@@ -17,7 +17,7 @@ CONTRACT: dict[str, tuple[type[WireModel], str, str]] = {
     "events": (BehaviourTracked, "input", "behaviour from web trackers"),
     "profiles": (ProfileUpdated, "input", "CRM/form profile updates"),
     "outcomes": (OutcomeRecorded, "input", "inside-sales / CRM outcomes"),
-    "score-changes": (ScoreChanged, "output", "one message per score ledger entry"),
+    "score-changes": (ScoreChanged, "output", "per lead per batch: new scores + ledger entries"),
     "followups": (FollowupChanged, "output", "each new or changed follow-up"),
     "nurture": (NurtureEnrolled, "output", "nurture enrollments by recycle reason"),
     "dead-letters": (DeadLetter, "output", "rejected input, raw bytes prefix and the reason"),

@@ -18,9 +18,9 @@ from events.common import (
     Email,
     EventId,
     EventTime,
+    InputModel,
     LeadId,
     Url,
-    WireModel,
 )
 
 BehaviourType = Literal[
@@ -42,7 +42,7 @@ MAX_EXTRA_PROPERTIES = 32
 MAX_EXTRA_VALUE_LENGTH = 1024
 
 
-class Properties(WireModel):
+class Properties(InputModel):
     """What the event was about. Named keys are typed; up to 32 extra scalar keys are kept."""
 
     model_config = ConfigDict(frozen=True, extra="allow", str_max_length=4096)
@@ -71,7 +71,7 @@ class Properties(WireModel):
         return self
 
 
-class Context(WireModel):
+class Context(InputModel):
     """Where the event came from; the HTTP collector fills these in from the request."""
 
     user_agent: Annotated[str, StringConstraints(max_length=1024)] | None = None
@@ -86,7 +86,7 @@ class Context(WireModel):
         return value
 
 
-class BehaviourTracked(WireModel):
+class BehaviourTracked(InputModel):
     """A visitor or lead did something a web tracker saw.
 
     Producers key the message by ``lead_id`` when they know it, else by ``anonymous_id``.

@@ -1,5 +1,236 @@
-"""The ``leadcycle`` console script (placeholder until the CLI lands in this commit series)."""
+"""The ``leadcycle`` console script: one subcommand per operator action."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import asyncpg
+import click
+
+from infra import db, services
+from infra.processes import ServiceError
+from infra.settings import Settings
+
+T = TypeVar("T")
 
 
+def _settings() -> Settings:
+    return Settings()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    raise SystemExit("leadcycle: CLI not built yet")
+    """leadcycle: scores leads from behaviour, keeps their lifecycle, recycles the lost ones and
+    hands inside sales a call list. Configuration comes from LEADCYCLE_* variables (README)."""
+
+
+@main.command()
+@click.option(
+    "--loglevel", default=None, help="debug, info, warning (default: LEADCYCLE_LOG_LEVEL)"
+)
+def worker(loglevel: str | None) -> None:
+    """Run the stream worker (faust) until stopped with Ctrl-C or SIGTERM."""
+    import faust
+
+    from workers.app import create_app
+
+    settings = _settings()
+    try:
+        endpoints = services.endpoints(settings)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    app = create_app(settings, endpoints)
+    faust.Worker(app, loglevel=loglevel or settings.log_level).execute_from_commandline()
+
+
+@main.command()
+def migrate() -> None:
+    """Apply pending database migrations (safe to run any number of times)."""
+    settings = _settings()
+    try:
+        dsn = services.database_dsn(settings)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    async def run() -> list[str]:
+        conn = await db.connect(dsn)
+        try:
+            return await db.migrate(conn)
+        finally:
+            await conn.close()
+
+    applied = asyncio.run(run())
+    click.echo("applied: " + ", ".join(applied) if applied else "database is up to date")
+
+
+@main.group(name="services")
+def services_group() -> None:
+    """Start, stop or inspect the embedded broker and database."""
+
+
+@services_group.command()
+def up() -> None:
+    """Start the embedded broker and find or start PostgreSQL; create the database."""
+    settings = _settings()
+    try:
+        found = services.up(settings)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"kafka:    {found.kafka_url}")
+    click.echo(f"database: {found.database_dsn}")
+
+
+@services_group.command()
+def down() -> None:
+    """Stop what `services up` started (by PID); leaves external services alone."""
+    stopped = services.down(_settings())
+    click.echo("stopped: " + ", ".join(stopped) if stopped else "nothing to stop")
+
+
+@services_group.command()
+def status() -> None:
+    """Show where the broker and the database are."""
+    for name, line in services.status(_settings()).items():
+        click.echo(f"{name:9} {line}")
+
+
+@main.command()
+@click.option("--write", is_flag=True, help="rewrite schemas/*.json and docs/contract.md")
+@click.option("--dir", "root", default=".", type=click.Path(path_type=Path), help="project root")
+def schema(write: bool, root: Path) -> None:
+    """Print (or --write) the JSON Schemas of every topic, generated from the models."""
+    from events.schema import json_schemas, render_schema, splice_contract
+
+    schemas = json_schemas()
+    if not write:
+        click.echo(json.dumps(schemas, indent=2, ensure_ascii=False))
+        return
+    (root / "schemas").mkdir(exist_ok=True)
+    for name, body in schemas.items():
+        (root / "schemas" / name).write_text(render_schema(body))
+    doc = root / "docs" / "contract.md"
+    doc.write_text(splice_contract(doc.read_text()))
+    click.echo(f"wrote {len(schemas)} schemas and {doc}")
+
+
+def _database(settings: Settings) -> str:
+    try:
+        return services.database_dsn(settings)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+async def _with_conn(dsn: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    conn = await db.connect(dsn)
+    try:
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
+@main.command()
+@click.option("--rep", default=None, help="only this rep's follow-ups")
+@click.option(
+    "--date",
+    "day",
+    default=None,
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="only those due by the end of this day (overdue included)",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
+@click.option("--limit", default=None, type=int, help="at most this many rows")
+def calllist(rep: str | None, day: datetime | None, fmt: str, limit: int | None) -> None:
+    """Print open follow-ups, by due time then priority, with the context a rep needs."""
+    from infra.calllist import open_followups
+    from scoring.rules import load_rules
+    from workers.render import call_list_csv, call_list_json, call_list_table
+
+    settings = _settings()
+    tz = load_rules(settings.rules_file).calendar.timezone
+    entries = asyncio.run(
+        _with_conn(
+            _database(settings),
+            lambda c: open_followups(
+                c, rep=rep, day=day.date() if day else None, tz=tz, limit=limit
+            ),
+        )
+    )
+    render = {"table": call_list_table, "json": call_list_json, "csv": call_list_csv}[fmt]
+    click.echo(render(entries))
+
+
+@main.command()
+@click.argument("lead_id")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def lead(lead_id: str, fmt: str) -> None:
+    """Show one lead: state, stage history, score explanation (ledger) and its check."""
+    from scoring.rules import load_rules
+    from workers.explain import explain_lead, render_explanation
+
+    settings = _settings()
+    rules = load_rules(settings.rules_file)
+    found = asyncio.run(
+        _with_conn(
+            _database(settings), lambda c: explain_lead(c, lead_id, rules, at=datetime.now(UTC))
+        )
+    )
+    if found is None:
+        raise click.ClickException(f"no lead {lead_id!r}")
+    click.echo(
+        json.dumps(found, indent=2, ensure_ascii=False, default=str)
+        if fmt == "json"
+        else render_explanation(found)
+    )
+
+
+@main.command()
+@click.option("--now", "at", default=None, help="sweep as of this time (RFC 3339); default now")
+def sweep(at: str | None) -> None:
+    """Run one sweep (SLA expiry, revisit dates, overdue follow-ups) and publish its outputs."""
+    from workers.sweeper import run_sweep_once
+
+    settings = _settings()
+    try:
+        found = services.endpoints(settings)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    now = datetime.fromisoformat(at) if at else datetime.now(UTC)
+    if now.tzinfo is None:
+        raise click.BadParameter(
+            "needs a UTC offset, e.g. 2027-03-01T09:00:00+09:00", param_hint="--now"
+        )
+    report = asyncio.run(run_sweep_once(settings, found, now=now))
+    if not report.ran:
+        click.echo("another worker is sweeping right now; nothing done")
+    else:
+        click.echo(
+            f"swept at {now.isoformat()}: {report.leads} leads checked, "
+            f"{report.overdue} follow-ups newly overdue, {report.outputs} messages"
+        )
+
+
+@main.command()
+@click.option("--leads", default=300, show_default=True, help="how many leads' journeys")
+@click.option("--seed", default=7, show_default=True, help="random seed (same seed, same run)")
+@click.option("--timeout", default=180.0, show_default=True, help="seconds to wait for the worker")
+def demo(leads: int, seed: int, timeout: float) -> None:
+    """Start everything, run the worker on generated traffic, print a summary, stop everything."""
+    from workers.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code = run_demo(_settings(), leads=leads, seed=seed, timeout=timeout)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

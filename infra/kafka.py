@@ -1,0 +1,68 @@
+"""Kafka adapters: topic creation and a plain producer for tools (demo traffic, tests, CLI)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from events.topics import TopicNames
+
+
+async def ensure_topics(
+    bootstrap: str, names: Iterable[str], *, partitions: int, replication: int = 1
+) -> list[str]:
+    """Create the topics that do not exist yet; return the ones created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [n for n in names if n not in existing]
+        if wanted:
+            try:
+                await admin.create_topics(
+                    [
+                        NewTopic(n, num_partitions=partitions, replication_factor=replication)
+                        for n in wanted
+                    ]
+                )
+            except TopicAlreadyExistsError:
+                pass  # another worker won the race
+        return wanted
+    finally:
+        await admin.close()
+
+
+async def ensure_contract_topics(bootstrap: str, topics: TopicNames, partitions: int) -> list[str]:
+    return await ensure_topics(bootstrap, topics.all(), partitions=partitions)
+
+
+def producer(bootstrap: str) -> AIOKafkaProducer:
+    """A producer for tools; acks from all in-sync replicas, generous batching."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=256 * 1024
+    )
+
+
+async def produce_all(
+    bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes]], *, window: int = 5000
+) -> int:
+    """Send ``(topic, key, value)`` records and wait until all are acknowledged."""
+    prod = producer(bootstrap)
+    await prod.start()
+    sent = 0
+    try:
+        pending: list[asyncio.Future[object]] = []
+        for topic, key, value in records:
+            pending.append(await prod.send(topic, value, key=key))
+            sent += 1
+            if len(pending) >= window:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await prod.stop()
+    return sent

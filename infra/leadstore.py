@@ -1,0 +1,374 @@
+"""PostgreSQL repository of lead state, ledger, stage history, recycle pool and follow-ups.
+
+Every function takes a connection inside the batch's transaction and does one round trip for
+the whole batch. Lead rows are locked (``FOR UPDATE``, in id order, so two workers never
+deadlock) while a batch decides on them: events of one lead that arrive on different
+partitions (anonymous visits, then known-lead visits) are applied one transaction at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from datetime import date, datetime
+from typing import Any
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class LeadRow:
+    lead_id: str
+    anonymous: bool
+    merged_into: str | None
+    email: str | None
+    company_name: str | None
+    job_title: str | None
+    industry: str | None
+    company_size: int | None
+    country: str | None
+    source: str | None
+    owner: str | None
+    stage: str
+    stage_since: datetime
+    fit_score: float
+    grade: str | None
+    behaviour_score: float
+    priority: float
+    scored_at: datetime
+    excluded: bool
+    exclusion_reason: str | None
+    rules_version: str
+    state: str  # LeadState JSON
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    entry_id: str
+    lead_id: str
+    event_id: str
+    rule_id: str
+    rules_version: str
+    kind: str
+    occurred_at: datetime
+    raw_points: float
+    points: float
+    detail: str  # the whole ledger entry as JSON
+
+
+@dataclass(frozen=True)
+class TransitionRow:
+    transition_id: str
+    lead_id: str
+    from_stage: str
+    to_stage: str
+    at: datetime
+    reason: str | None
+    event_id: str | None
+    accepted: bool
+
+
+@dataclass(frozen=True)
+class PoolRow:
+    lead_id: str
+    reason: str
+    since: datetime
+    revisit_on: date | None
+    track: str
+    requeued_at: datetime | None
+
+
+@dataclass
+class FollowupRow:
+    followup_id: str
+    lead_id: str
+    status: str
+    why_now: str
+    priority: float
+    due_at: datetime
+    assignee: str | None
+    sla_breached: bool
+    context: str  # JSON
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    closed_at: datetime | None
+    closed_reason: str | None
+
+
+JSON = "jsonb"
+
+
+def _columns(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+async def _copy_upsert(
+    conn: asyncpg.Connection,
+    table: str,
+    cls: type,
+    rows: Sequence[Any],
+    *,
+    types: dict[str, str],
+    conflict: str,
+) -> None:
+    """COPY ``rows`` into a temp staging table, then one INSERT ... SELECT ... ON CONFLICT."""
+    if not rows:
+        return
+    cols = _columns(cls)
+    stage = f"stage_{table}"
+    # JSON travels as text through COPY and is cast once, in the INSERT.
+    defs = ", ".join(f"{c} {types.get(c, 'text').replace(JSON, 'text')}" for c in cols)
+    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} ({defs}) ON COMMIT DELETE ROWS")
+    await conn.copy_records_to_table(
+        stage, records=[tuple(getattr(r, c) for c in cols) for r in rows], columns=cols
+    )
+    select = ", ".join(f"{c}::jsonb" if types.get(c) == JSON else c for c in cols)
+    await conn.execute(
+        f"INSERT INTO {table} ({', '.join(cols)}) SELECT {select} FROM {stage} {conflict}"
+    )
+
+
+_LEAD_TYPES = {
+    "anonymous": "boolean",
+    "company_size": "integer",
+    "stage_since": "timestamptz",
+    "fit_score": "double precision",
+    "behaviour_score": "double precision",
+    "priority": "double precision",
+    "scored_at": "timestamptz",
+    "excluded": "boolean",
+    "state": JSON,
+}
+
+
+async def load_states(conn: asyncpg.Connection, lead_ids: Iterable[str]) -> dict[str, Any]:
+    """``lead_id -> (state JSON, merged_into)`` of existing leads, locked for this transaction."""
+    ids = sorted(set(lead_ids))
+    if not ids:
+        return {}
+    rows = await conn.fetch(
+        """SELECT lead_id, state::text AS state, merged_into FROM leads
+            WHERE lead_id = ANY($1::text[]) ORDER BY lead_id FOR UPDATE""",
+        ids,
+    )
+    return {r["lead_id"]: (r["state"], r["merged_into"]) for r in rows}
+
+
+async def save_leads(conn: asyncpg.Connection, rows: Sequence[LeadRow]) -> None:
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _columns(LeadRow) if c != "lead_id")
+    await _copy_upsert(
+        conn,
+        "leads",
+        LeadRow,
+        rows,
+        types=_LEAD_TYPES,
+        conflict=f"ON CONFLICT (lead_id) DO UPDATE SET {updates}, updated_at = now()",
+    )
+
+
+async def identity_links(conn: asyncpg.Connection, anonymous_ids: Iterable[str]) -> dict[str, str]:
+    ids = sorted(set(anonymous_ids))
+    if not ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT anonymous_id, lead_id FROM identity_links WHERE anonymous_id = ANY($1::text[])",
+        ids,
+    )
+    return {r["anonymous_id"]: r["lead_id"] for r in rows}
+
+
+async def leads_by_email(conn: asyncpg.Connection, emails: Iterable[str]) -> dict[str, str]:
+    found = sorted(set(emails))
+    if not found:
+        return {}
+    rows = await conn.fetch(
+        """SELECT DISTINCT ON (email) email, lead_id FROM leads
+            WHERE email = ANY($1::text[]) AND NOT anonymous ORDER BY email, created_at""",
+        found,
+    )
+    return {r["email"]: r["lead_id"] for r in rows}
+
+
+async def link_identities(
+    conn: asyncpg.Connection, links: Sequence[tuple[str, str, str, datetime]]
+) -> None:
+    """Record ``(anonymous_id, lead_id, event_id, at)``; the first identify of an id wins."""
+    if links:
+        await conn.executemany(
+            """INSERT INTO identity_links (anonymous_id, lead_id, event_id, linked_at)
+               VALUES ($1, $2, $3, $4) ON CONFLICT (anonymous_id) DO NOTHING""",
+            links,
+        )
+
+
+async def anonymous_history(conn: asyncpg.Connection, subject: str) -> list[str]:
+    """Payloads (JSON) of the behaviour an anonymous subject was credited with."""
+    rows = await conn.fetch(
+        """SELECT payload::text AS payload FROM event_log
+            WHERE subject = $1 AND topic = 'events' AND disposition = 'accepted'
+            ORDER BY occurred_at, event_id""",
+        subject,
+    )
+    return [r["payload"] for r in rows]
+
+
+async def insert_ledger(conn: asyncpg.Connection, rows: Sequence[LedgerRow]) -> None:
+    await _copy_upsert(
+        conn,
+        "score_ledger",
+        LedgerRow,
+        rows,
+        types={
+            "occurred_at": "timestamptz",
+            "raw_points": "double precision",
+            "points": "double precision",
+            "detail": JSON,
+        },
+        conflict="ON CONFLICT (entry_id) DO NOTHING",
+    )
+
+
+async def insert_transitions(conn: asyncpg.Connection, rows: Sequence[TransitionRow]) -> None:
+    await _copy_upsert(
+        conn,
+        "stage_transitions",
+        TransitionRow,
+        rows,
+        types={"at": "timestamptz", "accepted": "boolean"},
+        conflict="ON CONFLICT (transition_id) DO NOTHING",
+    )
+
+
+async def sync_recycle_pool(
+    conn: asyncpg.Connection, members: Sequence[PoolRow], leaving: Sequence[str]
+) -> None:
+    """The pool is a projection of lead state: upsert recycled leads, drop those that left."""
+    if leaving:
+        await conn.execute(
+            "DELETE FROM recycle_pool WHERE lead_id = ANY($1::text[])", sorted(leaving)
+        )
+    await _copy_upsert(
+        conn,
+        "recycle_pool",
+        PoolRow,
+        members,
+        types={"since": "timestamptz", "revisit_on": "date", "requeued_at": "timestamptz"},
+        conflict="""ON CONFLICT (lead_id) DO UPDATE SET reason = EXCLUDED.reason,
+                    since = EXCLUDED.since, revisit_on = EXCLUDED.revisit_on,
+                    track = EXCLUDED.track, requeued_at = EXCLUDED.requeued_at""",
+    )
+
+
+async def open_followups(
+    conn: asyncpg.Connection, lead_ids: Iterable[str]
+) -> dict[str, FollowupRow]:
+    ids = sorted(set(lead_ids))
+    if not ids:
+        return {}
+    select = ", ".join(
+        "context::text AS context" if c == "context" else c for c in _columns(FollowupRow)
+    )
+    rows = await conn.fetch(
+        f"""SELECT {select} FROM followups
+             WHERE lead_id = ANY($1::text[]) AND status = 'open' ORDER BY lead_id FOR UPDATE""",
+        ids,
+    )
+    out = {}
+    for r in rows:
+        doc = {c: r[c] for c in _columns(FollowupRow)}
+        out[r["lead_id"]] = FollowupRow(**doc)
+    return out
+
+
+async def save_followups(conn: asyncpg.Connection, rows: Sequence[FollowupRow]) -> None:
+    updates = ", ".join(
+        f"{c} = EXCLUDED.{c}" for c in _columns(FollowupRow) if c not in ("followup_id", "lead_id")
+    )
+    await _copy_upsert(
+        conn,
+        "followups",
+        FollowupRow,
+        rows,
+        types={
+            "priority": "double precision",
+            "due_at": "timestamptz",
+            "sla_breached": "boolean",
+            "context": JSON,
+            "version": "integer",
+            "created_at": "timestamptz",
+            "updated_at": "timestamptz",
+            "closed_at": "timestamptz",
+        },
+        conflict=f"ON CONFLICT (followup_id) DO UPDATE SET {updates}",
+    )
+
+
+async def rep_loads(conn: asyncpg.Connection, day: date) -> dict[str, int]:
+    rows = await conn.fetch("SELECT rep, assigned FROM rep_load WHERE day = $1", day)
+    return {r["rep"]: r["assigned"] for r in rows}
+
+
+async def add_rep_load(conn: asyncpg.Connection, day: date, counts: dict[str, int]) -> None:
+    if counts:
+        await conn.executemany(
+            """INSERT INTO rep_load (rep, day, assigned) VALUES ($1, $2, $3)
+               ON CONFLICT (rep, day) DO UPDATE SET assigned = rep_load.assigned + $3""",
+            [(rep, day, n) for rep, n in sorted(counts.items())],
+        )
+
+
+async def take_cursor(conn: asyncpg.Connection) -> int:
+    """The round-robin position, locked until the transaction ends."""
+    return int(await conn.fetchval("SELECT cursor FROM assignment_cursor WHERE id = 1 FOR UPDATE"))
+
+
+async def put_cursor(conn: asyncpg.Connection, cursor: int) -> None:
+    await conn.execute("UPDATE assignment_cursor SET cursor = $1 WHERE id = 1", cursor)
+
+
+SWEEP_LOCK = 0x1EADC7C2  # one sweeper at a time across all workers
+
+
+async def try_sweep_lock(conn: asyncpg.Connection) -> bool:
+    """Take the sweep's advisory lock for this transaction, if no other worker holds it."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SWEEP_LOCK))
+
+
+async def sweep_candidates(
+    conn: asyncpg.Connection, *, now: datetime, today: date, sla_hours: float, limit: int
+) -> list[str]:
+    """Leads a time rule may apply to, locked; rows a batch is working on are skipped (next
+    sweep gets them): stage SLA possibly expired without a touch, revisit date reached, won."""
+    rows = await conn.fetch(
+        """SELECT l.lead_id FROM leads l LEFT JOIN recycle_pool p USING (lead_id)
+            WHERE NOT l.anonymous AND NOT l.excluded AND l.merged_into IS NULL
+              AND (   (l.stage IN ('mql', 'appointment', 'opportunity')
+                       AND NOT coalesce((l.state->>'stage_touched')::boolean, false)
+                       AND l.stage_since < $1 - make_interval(secs => $3 * 3600))
+                   OR (l.stage = 'recycled' AND p.revisit_on <= $2
+                       AND (p.requeued_at IS NULL OR p.requeued_at::date < p.revisit_on))
+                   OR l.stage = 'won')
+            ORDER BY l.stage_since
+            LIMIT $4
+              FOR UPDATE OF l SKIP LOCKED""",
+        now,
+        today,
+        sla_hours,
+        limit,
+    )
+    return [r["lead_id"] for r in rows]
+
+
+async def flag_overdue(conn: asyncpg.Connection, *, now: datetime) -> list[FollowupRow]:
+    """Mark open follow-ups past their due time as SLA breached (once); return them."""
+    select = ", ".join(
+        "context::text AS context" if c == "context" else c for c in _columns(FollowupRow)
+    )
+    rows = await conn.fetch(
+        f"""UPDATE followups SET sla_breached = true, version = version + 1, updated_at = $1
+             WHERE status = 'open' AND NOT sla_breached AND due_at < $1
+         RETURNING {select}""",
+        now,
+    )
+    return [FollowupRow(**{c: r[c] for c in _columns(FollowupRow)}) for r in rows]

@@ -1,0 +1,75 @@
+"""All configuration, read from ``LEADCYCLE_*`` environment variables (see README)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from events.topics import DEFAULT_PREFIX, TopicNames
+
+
+class Settings(BaseSettings):
+    """leadcycle settings. Unset URLs mean: use the embedded services (``leadcycle services``)."""
+
+    model_config = SettingsConfigDict(env_prefix="LEADCYCLE_", frozen=True, extra="ignore")
+
+    kafka_url: str | None = Field(
+        default=None,
+        description="Kafka bootstrap servers (host:port[,host:port]); unset = the embedded broker",
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL DSN; unset = 127.0.0.1:5432 if listening, else a private cluster",
+    )
+    database_name: str = Field(
+        default="leadcycle",
+        description="database created and used on the local server when database_url is unset",
+    )
+    state_dir: Path = Field(
+        default=Path(".leadcycle"),
+        description="where embedded services keep pid files, logs and the private PostgreSQL",
+    )
+    broker_port: int = Field(default=19092, description="port of the embedded broker")
+    postgres_port: int = Field(
+        default=55432, description="port of the private PostgreSQL cluster, when one is started"
+    )
+    topic_prefix: str = Field(default=DEFAULT_PREFIX, description="prefix of every topic name")
+    partitions: int = Field(default=4, ge=1, description="partitions of topics leadcycle creates")
+    app_id: str = Field(default="leadcycle", description="faust app id = Kafka consumer group")
+    rules_file: Path = Field(
+        default=Path("rules/default.toml"), description="scoring rule set (TOML)"
+    )
+    batch_size: int = Field(default=2000, ge=1, description="max events per batch transaction")
+    batch_within: float = Field(
+        default=0.25, gt=0, description="seconds to wait for a batch to fill"
+    )
+    max_message_bytes: int = Field(
+        default=64 * 1024, description="input messages larger than this are dead-lettered"
+    )
+    bot_pattern: str | None = Field(
+        default=None,
+        description="regex of bot user agents to drop (unset = built-in crawlers/link scanners)",
+    )
+    reps: str = Field(
+        default="rep-1,rep-2,rep-3",
+        description="comma-separated reps taking new follow-ups round robin (owners always win)",
+    )
+    rep_daily_capacity: int = Field(
+        default=25, ge=0, description="follow-ups a rep takes per day; the rest wait unassigned"
+    )
+    sweep_interval: float = Field(
+        default=30.0, gt=0, description="seconds between sweeps for SLA, revisit dates, overdue"
+    )
+    web_port: int = Field(default=6066, description="HTTP port of the worker")
+    web_enabled: bool = Field(default=False, description="serve the worker's HTTP endpoints")
+    log_level: str = Field(default="info", description="worker log level")
+
+    @property
+    def rep_list(self) -> tuple[str, ...]:
+        return tuple(r.strip() for r in self.reps.split(",") if r.strip())
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames(self.topic_prefix)

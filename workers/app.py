@@ -1,0 +1,192 @@
+"""The faust app: wiring only. Business rules live in scoring/, I/O in infra/."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from mode import Service
+
+from infra import db, kafka, store
+from infra.services import Endpoints
+from infra.settings import Settings
+from infra.store import OutboxRecord
+from scoring.rules import load_rules
+from workers.bots import DEFAULT_BOT_PATTERN, BotFilter
+from workers.ingest import Incoming, Ingestor
+from workers.leads import Assignment, LeadProcessor
+from workers.sweeper import sweep_once
+
+log = logging.getLogger("leadcycle.worker")
+
+#: Seconds an outbox row may wait for its own batch to publish it before the relay takes over.
+RELAY_AFTER_SECONDS = 10.0
+
+
+def faust_broker_url(kafka_url: str) -> str:
+    """``host:port[,host:port]`` -> faust's ``kafka://host:port;host:port``."""
+    hosts = [h.strip().removeprefix("kafka://") for h in kafka_url.split(",") if h.strip()]
+    return "kafka://" + ";".join(hosts)
+
+
+class FaustPublisher:
+    """Publishes output records with the app's producer and waits for every acknowledgement."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+
+    async def publish(self, records: Sequence[OutboxRecord]) -> None:
+        futures = [
+            await self.app.producer.send(r.topic, r.key, r.value, None, None, None) for r in records
+        ]
+        await asyncio.gather(*futures)
+
+
+class Runtime(Service):
+    """Connections of one worker process: opened on start, closed on stop."""
+
+    def __init__(self, app: faust.App, settings: Settings, endpoints: Endpoints, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.app = app
+        self.settings = settings
+        self.endpoints = endpoints
+        self.pool: Any = None
+        self.ingestor: Ingestor | None = None
+        self.processor: LeadProcessor | None = None
+
+    async def on_start(self) -> None:
+        self.pool = await db.create_pool(self.endpoints.database_dsn)
+        async with self.pool.acquire() as conn:
+            applied = await db.migrate(conn)
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        await kafka.ensure_contract_topics(
+            self.endpoints.kafka_url, self.settings.topics, self.settings.partitions
+        )
+        rules = load_rules(self.settings.rules_file)
+        log.info("scoring with rule set %s from %s", rules.version, self.settings.rules_file)
+        self.processor = LeadProcessor(
+            rules,
+            self.settings.topics,
+            Assignment(self.settings.rep_list, self.settings.rep_daily_capacity),
+        )
+        self.ingestor = Ingestor(
+            self.pool,
+            self.settings.topics,
+            FaustPublisher(self.app),
+            max_message_bytes=self.settings.max_message_bytes,
+            bots=BotFilter(self.settings.bot_pattern or DEFAULT_BOT_PATTERN),
+            apply=self.processor.apply_events,
+        )
+
+    async def on_stop(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def relay_outbox(self) -> int:
+        """Publish outbox rows that their own batch did not (crash or broker outage)."""
+        if self.pool is None:
+            return 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            claimed = await store.claim_outbox(
+                conn, limit=5000, older_than_seconds=RELAY_AFTER_SECONDS
+            )
+            if not claimed:
+                return 0
+            await FaustPublisher(self.app).publish([record for _, record in claimed])
+            await store.delete_outbox(conn, [i for i, _ in claimed])
+        log.info("relayed %d output messages from the outbox", len(claimed))
+        return len(claimed)
+
+
+def create_app(settings: Settings, endpoints: Endpoints) -> faust.App:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=faust_broker_url(endpoints.kafka_url),
+        store="memory://",
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=settings.partitions,
+        topic_allow_declare=True,
+        # tansu has no idempotent producer: at-least-once + idempotent state updates instead.
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        # Group joins take half the session timeout: keep it short (see docs/operations.md).
+        broker_session_timeout=6,
+        broker_rebalance_timeout=6,
+        broker_heartbeat_interval=1.5,
+        producer_acks=-1,
+        web_enabled=settings.web_enabled,
+        web_port=settings.web_port,
+        datadir=str(settings.state_dir / "faust"),
+    )
+    runtime = Runtime(app, settings, endpoints)
+    # Added before the app starts, the runtime starts first (pool and topics ready before any
+    # agent reads) and stops last.
+    app.add_dependency(runtime)
+    prefix = settings.topic_prefix
+    inputs = app.topic(*settings.topics.inputs(), key_type=bytes, value_type=bytes)
+
+    @app.agent(inputs, name="ingest")
+    async def ingest(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+            batch = [
+                Incoming(
+                    topic=e.message.topic.removeprefix(prefix),
+                    partition=e.message.partition,
+                    offset=e.message.offset,
+                    key=e.message.key,
+                    value=e.message.value,
+                )
+                for e in events
+            ]
+            assert runtime.ingestor is not None
+            try:
+                report = await runtime.ingestor.handle(batch)
+            except BaseException:
+                # faust acks a batch whose body raised. A batch that was not committed must
+                # not be acked: stop hard so it is redelivered to whoever owns it next.
+                log.critical("unhandled error in a batch; exiting without ack", exc_info=True)
+                os._exit(70)
+            log.info(
+                "batch: %d received, %d new, %d duplicate, %d bot, %d dead-lettered",
+                report.received,
+                report.new_events,
+                report.duplicates,
+                report.bots,
+                report.dead_letters,
+            )
+
+    @app.timer(interval=RELAY_AFTER_SECONDS)
+    async def relay() -> None:
+        try:
+            # A memory broker that restarted has lost its topics: put them back.
+            created = await kafka.ensure_contract_topics(
+                endpoints.kafka_url, settings.topics, settings.partitions
+            )
+            if created:
+                log.warning("recreated missing topics: %s", ", ".join(created))
+            await runtime.relay_outbox()
+        except Exception as exc:  # both retry on the next tick
+            log.warning("topic check or outbox relay failed: %r", exc)
+
+    @app.timer(interval=settings.sweep_interval)
+    async def sweep() -> None:
+        if runtime.processor is None or runtime.ingestor is None:
+            return
+        try:
+            _, ids, records = await sweep_once(
+                runtime.pool, runtime.processor, now=datetime.now(UTC)
+            )
+            await runtime.ingestor.publish_committed(ids, records)
+        except Exception as exc:  # the sweep is retried on its next tick
+            log.warning("sweep failed: %r", exc)
+
+    return app

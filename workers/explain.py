@@ -1,0 +1,117 @@
+"""``leadcycle lead``: one lead's state, history and a score explanation that checks itself."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from scoring.ledger import LedgerEntry, score_from_ledger
+from scoring.rules import RuleSet
+from scoring.scores import behaviour_score, priority
+from scoring.state import LeadState
+
+
+async def explain_lead(
+    conn: asyncpg.Connection, lead_id: str, rules: RuleSet, *, at: datetime
+) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        "SELECT state::text AS state, merged_into FROM leads WHERE lead_id = $1", lead_id
+    )
+    if row is None:
+        return None
+    state = LeadState.model_validate_json(row["state"])
+    ledger = [
+        LedgerEntry.model_validate_json(r["detail"])
+        for r in await conn.fetch(
+            """SELECT detail::text AS detail FROM score_ledger WHERE lead_id = $1
+                ORDER BY occurred_at, entry_id""",
+            lead_id,
+        )
+    ]
+    history = await conn.fetch(
+        """SELECT from_stage, to_stage, at, reason, event_id, accepted FROM stage_transitions
+            WHERE lead_id = $1 ORDER BY at, transition_id""",
+        lead_id,
+    )
+    followups = await conn.fetch(
+        """SELECT followup_id, status, why_now, due_at, assignee, sla_breached, closed_reason
+             FROM followups WHERE lead_id = $1 ORDER BY created_at""",
+        lead_id,
+    )
+    fit_ledger, behaviour_ledger = score_from_ledger(ledger, at=at, rules=rules)
+    behaviour = behaviour_score(state, at, rules)
+    return {
+        "lead_id": lead_id,
+        "merged_into": row["merged_into"],
+        "at": at.isoformat(),
+        "rules_version": state.rules_version,
+        "stage": state.stage,
+        "stage_since": state.stage_since.isoformat(),
+        "profile": state.profile.model_dump(),
+        "fit_score": state.fit_score,
+        "grade": state.fit_grade,
+        "behaviour_score": behaviour,
+        "priority": priority(state, at, rules),
+        "excluded": state.exclusion_reason if state.excluded else None,
+        "recycle": state.recycle.model_dump(mode="json", exclude={"gained"})
+        if state.recycle
+        else None,
+        "unknown_bant": state.unknown_bant(),
+        "reproduced_from_ledger": {
+            "fit_score": fit_ledger,
+            "behaviour_score": behaviour_ledger,
+            "matches": math.isclose(fit_ledger, state.fit_score, abs_tol=1e-6)
+            and math.isclose(behaviour_ledger, behaviour, rel_tol=1e-9, abs_tol=1e-6),
+        },
+        "stage_history": [dict(r) for r in history],
+        "followups": [dict(r) for r in followups],
+        "ledger": [e.model_dump(mode="json") for e in ledger],
+    }
+
+
+def render_explanation(doc: dict[str, Any]) -> str:
+    p = doc["profile"]
+    check = doc["reproduced_from_ledger"]
+    lines = [
+        f"lead {doc['lead_id']}  stage {doc['stage']} since {doc['stage_since']}"
+        + (f"  (merged into {doc['merged_into']})" if doc["merged_into"] else ""),
+        f"  {p.get('job_title') or '?'} at {p.get('company_name') or '?'} "
+        f"({p.get('company_size') or '?'} employees, {p.get('industry') or '?'}, "
+        f"{p.get('country') or '?'}), source {p.get('source') or '?'}, "
+        f"owner {p.get('owner') or '-'}",
+        f"  fit {doc['fit_score']:.1f} (grade {doc['grade']})  behaviour "
+        f"{doc['behaviour_score']:.1f}  priority {doc['priority']:.1f}  at {doc['at']}",
+        f"  from the ledger: fit {check['fit_score']:.1f}, behaviour {check['behaviour_score']:.1f}"
+        f" -> {'matches' if check['matches'] else 'DOES NOT MATCH'}",
+        f"  unknown BANT: {', '.join(doc['unknown_bant']) or 'none'}",
+    ]
+    if doc["excluded"]:
+        lines.append(f"  excluded: {doc['excluded']}")
+    if doc["recycle"]:
+        r = doc["recycle"]
+        lines.append(
+            f"  recycled: {r['reason']} since {r['since']}, track {r['track']}, "
+            f"revisit {r.get('revisit_on') or '-'}"
+        )
+    lines.append("stage history:")
+    for h in doc["stage_history"]:
+        mark = "" if h["accepted"] else "  [refused]"
+        lines.append(
+            f"  {h['at']:%Y-%m-%d %H:%M}  {h['from_stage']} -> {h['to_stage']}: {h['reason']}{mark}"
+        )
+    lines.append("follow-ups:")
+    for f in doc["followups"]:
+        lines.append(
+            f"  {f['followup_id']} {f['status']} {f['why_now']} due {f['due_at']:%Y-%m-%d %H:%M}"
+            f" {f['assignee'] or 'unassigned'} {f['closed_reason'] or ''}"
+        )
+    lines.append(f"ledger ({len(doc['ledger'])} entries):")
+    for e in doc["ledger"]:
+        lines.append(
+            f"  {e['occurred_at'][:16]}  {e['kind']:<9} {e['rule_id']:<24} "
+            f"{e['points']:>+7.1f}  event {e['event_id']}"
+        )
+    return "\n".join(lines)

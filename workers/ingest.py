@@ -1,0 +1,270 @@
+"""One batch of input messages: decode, dead-letter, log, apply, commit, then publish.
+
+The order is what makes delivery effectively-once: everything a batch changes (event log,
+dead letters, lead state, outbox) is written in one transaction; the batch's Kafka offsets are
+acknowledged only after :meth:`Ingestor.handle` returns, which it does only once that
+transaction has committed; output messages leave through the outbox after the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import asyncpg
+
+from events import DeadLetter, Rejection, TopicNames, decode
+from events.decode import InputEvent
+from events.outcomes import OutcomeRecorded
+from events.profiles import ProfileUpdated
+from events.tracking import BehaviourTracked
+from infra import store
+from infra.store import DeadLetterRow, LoggedEvent, OutboxRecord
+from workers.bots import BotFilter
+
+log = logging.getLogger("leadcycle.ingest")
+
+#: Errors that mean "the database is away for now": wait and try the same batch again.
+TRANSIENT = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.AdminShutdownError,
+)
+PAYLOAD_PREFIX_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One message as read from an input topic."""
+
+    topic: str  # suffix: events | profiles | outcomes
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @property
+    def position(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
+class Publisher(Protocol):
+    async def publish(self, records: Sequence[OutboxRecord]) -> None: ...
+
+
+@dataclass
+class BatchReport:
+    received: int = 0
+    new_events: int = 0
+    duplicates: int = 0
+    bots: int = 0
+    dead_letters: int = 0
+    attempts: int = 0
+    rejected: list[str] = field(default_factory=list)
+
+
+#: What a batch does to leads once its new events are known (the scoring step plugs in here).
+Apply = Callable[
+    [asyncpg.Connection, Sequence[InputEvent], datetime], Awaitable[list[OutboxRecord]]
+]
+
+
+async def _no_apply(
+    conn: asyncpg.Connection, events: Sequence[InputEvent], now: datetime
+) -> list[OutboxRecord]:
+    return []
+
+
+class Ingestor:
+    """Handles batches for one worker process. Never lets a database error escape a batch."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        topics: TopicNames,
+        publisher: Publisher,
+        *,
+        max_message_bytes: int,
+        bots: BotFilter | None = None,
+        apply: Apply = _no_apply,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.pool = pool
+        self.topics = topics
+        self.publisher = publisher
+        self.max_message_bytes = max_message_bytes
+        self.bots = bots or BotFilter()
+        self.apply = apply
+        self.clock = clock
+        self.max_backoff = max_backoff
+
+    async def handle(self, batch: Sequence[Incoming]) -> BatchReport:
+        report = BatchReport(received=len(batch))
+        accepted: list[tuple[Incoming, InputEvent]] = []
+        rejected: list[tuple[Incoming, Rejection]] = []
+        for msg in batch:
+            result = decode(msg.topic, msg.value, max_bytes=self.max_message_bytes)
+            if isinstance(result, Rejection):
+                rejected.append((msg, result))
+            else:
+                accepted.append((msg, result))
+        report.rejected = [f"{m.position} {r.reason}: {r.error}" for m, r in rejected]
+        for line in report.rejected:
+            log.warning("dead-lettered %s", line)
+        try:
+            await self._commit_with_retry(accepted, rejected, report)
+        except Exception:
+            # Not a passing outage but something in this batch itself: find it, one by one.
+            log.exception("batch of %d failed; isolating the message that fails", len(batch))
+            await self._isolate(accepted, rejected, report)
+        return report
+
+    async def _commit_with_retry(
+        self,
+        accepted: Sequence[tuple[Incoming, InputEvent]],
+        rejected: Sequence[tuple[Incoming, Rejection]],
+        report: BatchReport,
+    ) -> None:
+        delay = 0.2
+        while True:
+            report.attempts += 1
+            try:
+                ids, records = await self._commit(accepted, rejected, report)
+                break
+            except TRANSIENT as exc:
+                log.warning("database unavailable (%r); retrying the batch in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+        await self.publish_committed(ids, records)
+
+    async def _commit(
+        self,
+        accepted: Sequence[tuple[Incoming, InputEvent]],
+        rejected: Sequence[tuple[Incoming, Rejection]],
+        report: BatchReport,
+    ) -> tuple[list[int], list[OutboxRecord]]:
+        now = self.clock()
+        rows = [self._log_row(msg, event) for msg, event in accepted]
+        letters = [self._dead_letter(msg, why, now) for msg, why in rejected]
+        async with self.pool.acquire() as conn, conn.transaction():
+            new_ids = await store.log_events(conn, rows)
+            new_letters = await store.record_dead_letters(conn, [row for row, _ in letters])
+            fresh: list[InputEvent] = []
+            seen: set[str] = set()
+            for row, (_, event) in zip(rows, accepted, strict=True):
+                if row.event_id in new_ids and row.event_id not in seen:
+                    seen.add(row.event_id)
+                    if row.disposition == "accepted":
+                        fresh.append(event)
+            outputs = await self.apply(conn, fresh, now)
+            outputs = [record for _, record in letters] + outputs
+            ids = await store.add_outbox(conn, outputs)
+        report.new_events = len(seen)
+        report.duplicates = len(rows) - len(seen)
+        report.bots = sum(1 for r in rows if r.event_id in seen and r.disposition == "bot")
+        report.dead_letters = new_letters
+        return ids, outputs
+
+    async def _isolate(
+        self,
+        accepted: Sequence[tuple[Incoming, InputEvent]],
+        rejected: Sequence[tuple[Incoming, Rejection]],
+        report: BatchReport,
+    ) -> None:
+        await self._commit_with_retry([], rejected, BatchReport())
+        for msg, event in accepted:
+            try:
+                await self._commit_with_retry([(msg, event)], [], BatchReport())
+            except Exception as exc:
+                log.exception("message %s cannot be processed; dead-lettering it", msg.position)
+                why = Rejection("processing_error", f"{type(exc).__name__}: {exc}"[:1000])
+                await self._commit_with_retry([], [(msg, why)], BatchReport())
+                report.dead_letters += 1
+
+    async def publish_committed(self, ids: list[int], records: list[OutboxRecord]) -> None:
+        """Publish committed outbox rows and clear them; on failure the relay retries later."""
+        if not records:
+            return
+        try:
+            await self.publisher.publish(records)
+        except Exception as exc:
+            # Committed and safe in the outbox: the relay publishes it when the broker is back.
+            log.warning(
+                "publishing %d output messages failed (%r); left to the relay", len(ids), exc
+            )
+            return
+        try:
+            async with self.pool.acquire() as conn:
+                await store.delete_outbox(conn, ids)
+        except TRANSIENT as exc:
+            log.warning(
+                "could not clear %d sent outbox rows (%r); they may be re-sent", len(ids), exc
+            )
+
+    def _log_row(self, msg: Incoming, event: InputEvent) -> LoggedEvent:
+        if isinstance(event, BehaviourTracked):
+            ua = event.context.user_agent if event.context else None
+            subject, lead_id, anonymous_id = event.subject, event.lead_id, event.anonymous_id
+            disposition = "bot" if self.bots.is_bot(ua) else "accepted"
+        else:
+            assert isinstance(event, ProfileUpdated | OutcomeRecorded)
+            subject, lead_id, anonymous_id = event.lead_id, event.lead_id, None
+            disposition = "accepted"
+        return LoggedEvent(
+            event_id=event.event_id,
+            topic=msg.topic,
+            type=event.type,
+            subject=subject,
+            lead_id=lead_id,
+            anonymous_id=anonymous_id,
+            occurred_at=event.occurred_at,
+            disposition=disposition,
+            source=msg.position,
+            payload=event.model_dump_json(exclude_unset=True),
+        )
+
+    def _dead_letter(
+        self, msg: Incoming, why: Rejection, now: datetime
+    ) -> tuple[DeadLetterRow, OutboxRecord]:
+        raw = msg.value or b""
+        # Position alone is not unique: a memory broker restarts its offsets at 0.
+        digest = hashlib.sha256(raw).hexdigest()[:12]
+        letter = DeadLetter(
+            message_id=f"{msg.position}:{digest}",
+            source_topic=self.topics.name(msg.topic),
+            partition=msg.partition,
+            offset=msg.offset,
+            received_at=now,
+            error=why.error,
+            reason=why.reason,
+            payload_size=len(raw),
+            payload_prefix=base64.b64encode(raw[:PAYLOAD_PREFIX_BYTES]).decode(),
+        )
+        row = DeadLetterRow(
+            message_id=letter.message_id,
+            source_topic=letter.source_topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            reason=why.reason,
+            error=why.error,
+            payload_size=len(raw),
+        )
+        record = OutboxRecord(
+            topic=self.topics.dead_letters,
+            key=msg.position.encode(),
+            value=letter.model_dump_json().encode(),
+        )
+        return row, record

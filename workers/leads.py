@@ -1,0 +1,442 @@
+"""The scoring step of a batch: resolve who each event is about, fold the pure core's decisions
+into lead state, and write state, ledger, stages, recycle pool and follow-ups in the batch's
+transaction. Publishing happens later, from the outbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import asyncpg
+
+from events import BehaviourTracked, FollowupChanged, NurtureEnrolled, ScoreChanged, TopicNames
+from events.decode import InputEvent
+from events.outputs import ScoreEntry
+from infra import leadstore
+from infra.leadstore import FollowupRow, LeadRow, LedgerRow, PoolRow, TransitionRow
+from infra.store import OutboxRecord
+from scoring.assignment import assign
+from scoring.decision import Decision, FollowupDecision
+from scoring.engine import apply, stitch, sweep
+from scoring.ledger import LedgerEntry
+from scoring.rules import RuleSet
+from scoring.scores import behaviour_score, priority
+from scoring.state import ANON_PREFIX, LeadState
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Reps taking new follow-ups (round robin) and how many each takes per day."""
+
+    reps: tuple[str, ...] = ()
+    daily_capacity: int = 20
+
+
+@dataclass
+class _Touched:
+    """Everything decided for one lead in this batch, in order."""
+
+    state: LeadState
+    merged_into: str | None = None
+    decisions: list[Decision] = field(default_factory=list)
+
+
+class LeadProcessor:
+    """Applies a batch's new events (or a sweep) to lead state in one transaction."""
+
+    def __init__(self, rules: RuleSet, topics: TopicNames, assignment: Assignment) -> None:
+        self.rules = rules
+        self.topics = topics
+        self.assignment = assignment
+        self.tz = ZoneInfo(rules.calendar.timezone)
+
+    async def apply_events(
+        self, conn: asyncpg.Connection, events: Sequence[InputEvent], now: datetime
+    ) -> list[OutboxRecord]:
+        if not events:
+            return []
+        # Within a batch, apply in event-time order (stable: arrival order breaks ties). Kafka
+        # orders only within a partition; event time is the better order across topics.
+        events = sorted(events, key=lambda e: e.occurred_at)
+        behaviour = [e for e in events if isinstance(e, BehaviourTracked)]
+        links = await leadstore.identity_links(
+            conn, [e.anonymous_id for e in behaviour if e.anonymous_id and not e.lead_id]
+        )
+        by_email = await leadstore.leads_by_email(
+            conn, [e.email for e in behaviour if e.type == "identify" and not e.lead_id and e.email]
+        )
+        wanted = {self._subject(e, links, by_email) for e in events}
+        wanted |= {
+            f"{ANON_PREFIX}{e.anonymous_id}"
+            for e in behaviour
+            if e.type == "identify" and e.anonymous_id
+        }
+        touched = await self._load(conn, wanted, now)
+        new_links: list[tuple[str, str, str, datetime]] = []
+        for event in events:
+            subject = self._subject(event, links, by_email)
+            lead = await self._resolve(conn, touched, subject, now)
+            if (
+                isinstance(event, BehaviourTracked)
+                and event.type == "identify"
+                and event.anonymous_id
+            ):
+                anon_id = event.anonymous_id
+                if anon_id not in links:
+                    links[anon_id] = lead.state.lead_id
+                    new_links.append(
+                        (anon_id, lead.state.lead_id, event.event_id, event.occurred_at)
+                    )
+                await self._stitch(conn, touched, lead, anon_id, now)
+            decision = apply(lead.state, event, self.rules, now=now)
+            lead.decisions.append(decision)
+            lead.state = decision.state
+        await leadstore.link_identities(conn, new_links)
+        return await self._persist(conn, touched, now)
+
+    async def sweep_leads(
+        self, conn: asyncpg.Connection, lead_ids: Sequence[str], now: datetime
+    ) -> list[OutboxRecord]:
+        """Time rules for leads already locked by the caller (no new event)."""
+        touched = await self._load(conn, set(lead_ids), now)
+        for lead in touched.values():
+            decision = sweep(lead.state, self.rules, now=now)
+            if decision.state is not lead.state:
+                lead.decisions.append(decision)
+                lead.state = decision.state
+        return await self._persist(conn, touched, now)
+
+    # -- resolving subjects -------------------------------------------------------------------
+
+    @staticmethod
+    def _subject(event: InputEvent, links: dict[str, str], by_email: dict[str, str]) -> str:
+        if not isinstance(event, BehaviourTracked):
+            return event.lead_id
+        if event.lead_id:
+            return event.lead_id
+        if event.type == "identify" and event.email:
+            # No lead id from the tracker: the lead with this email, else one named by it.
+            return by_email.get(event.email) or f"email:{event.email}"
+        assert event.anonymous_id is not None
+        return links.get(event.anonymous_id) or f"{ANON_PREFIX}{event.anonymous_id}"
+
+    async def _load(
+        self, conn: asyncpg.Connection, ids: set[str], now: datetime
+    ) -> dict[str, _Touched]:
+        found = await leadstore.load_states(conn, ids)
+        touched = {}
+        for lead_id in ids:
+            if lead_id in found:
+                text, merged_into = found[lead_id]
+                state = LeadState.model_validate_json(text)
+            else:
+                state, merged_into = LeadState.new(lead_id, now=now), None
+            touched[lead_id] = _Touched(state, merged_into)
+        return touched
+
+    async def _resolve(
+        self, conn: asyncpg.Connection, touched: dict[str, _Touched], subject: str, now: datetime
+    ) -> _Touched:
+        """The state an event applies to; an anonymous subject merged meanwhile (by an identify
+        in this batch or another worker's) forwards to its lead."""
+        lead = touched[subject]
+        hops = 0
+        while lead.merged_into is not None and hops < 5:
+            target = lead.merged_into
+            if target not in touched:
+                touched.update(await self._load(conn, {target}, now))
+            lead, hops = touched[target], hops + 1
+        return lead
+
+    async def _stitch(
+        self,
+        conn: asyncpg.Connection,
+        touched: dict[str, _Touched],
+        lead: _Touched,
+        anon_id: str,
+        now: datetime,
+    ) -> None:
+        subject = f"{ANON_PREFIX}{anon_id}"
+        anon = touched.get(subject)
+        if anon is None or anon.merged_into is not None or lead.state.anonymous:
+            return
+        history = [
+            BehaviourTracked.model_validate_json(p)
+            for p in await leadstore.anonymous_history(conn, subject)
+        ]
+        decision = stitch(lead.state, anon.state, history, self.rules, now=now)
+        lead.decisions.append(decision)
+        lead.state = decision.state
+        anon.merged_into = lead.state.lead_id
+        anon.decisions.append(Decision(state=anon.state))  # the row is written, marked merged
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def _persist(
+        self, conn: asyncpg.Connection, touched: dict[str, _Touched], now: datetime
+    ) -> list[OutboxRecord]:
+        changed = {k: t for k, t in touched.items() if t.decisions}
+        if not changed:
+            return []
+        ledger: list[LedgerEntry] = []
+        transitions: list[TransitionRow] = []
+        out: list[OutboxRecord] = []
+        for lead_id, t in changed.items():
+            entries = [e for d in t.decisions for e in d.ledger]
+            ledger += entries
+            for d in t.decisions:
+                for i, tr in enumerate(d.transitions):
+                    cause = tr.event_id or f"sweep@{tr.at.isoformat()}"
+                    transitions.append(
+                        TransitionRow(
+                            transition_id=f"{lead_id}:{cause}:{i}:{tr.to_stage}",
+                            lead_id=lead_id,
+                            from_stage=tr.from_stage,
+                            to_stage=tr.to_stage,
+                            at=tr.at,
+                            reason=tr.reason,
+                            event_id=tr.event_id,
+                            accepted=tr.accepted,
+                        )
+                    )
+                if d.recycle is not None:
+                    out.append(self._nurture(d))
+            if entries:
+                out.append(self._score_message(t.state, entries, now))
+        await leadstore.save_leads(conn, [self._row(t, now) for t in changed.values()])
+        await leadstore.insert_ledger(conn, [_ledger_row(e) for e in ledger])
+        await leadstore.insert_transitions(conn, transitions)
+        members = [_pool_row(t.state) for t in changed.values() if t.state.stage == "recycled"]
+        leaving = [k for k, t in changed.items() if t.state.stage != "recycled"]
+        await leadstore.sync_recycle_pool(conn, [m for m in members if m is not None], leaving)
+        out += await self._followups(conn, changed, now)
+        return out
+
+    def _row(self, t: _Touched, now: datetime) -> LeadRow:
+        s, p = t.state, t.state.profile
+        return LeadRow(
+            lead_id=s.lead_id,
+            anonymous=s.anonymous,
+            merged_into=t.merged_into,
+            email=p.email,
+            company_name=p.company_name,
+            job_title=p.job_title,
+            industry=p.industry,
+            company_size=p.company_size,
+            country=p.country,
+            source=p.source,
+            owner=p.owner,
+            stage=s.stage,
+            stage_since=s.stage_since,
+            fit_score=s.fit_score,
+            grade=s.fit_grade,
+            behaviour_score=behaviour_score(s, now, self.rules),
+            priority=priority(s, now, self.rules),
+            scored_at=now,
+            excluded=s.excluded,
+            exclusion_reason=s.exclusion_reason,
+            rules_version=s.rules_version or self.rules.version,
+            state=s.model_dump_json(),
+        )
+
+    def _score_message(
+        self, s: LeadState, entries: list[LedgerEntry], now: datetime
+    ) -> OutboxRecord:
+        digest = hashlib.sha256("|".join(e.entry_id for e in entries).encode()).hexdigest()[:16]
+        msg = ScoreChanged(
+            message_id=f"{s.lead_id}:{digest}",
+            lead_id=s.lead_id,
+            rules_version=self.rules.version,
+            scored_at=now,
+            fit_score=s.fit_score,
+            grade=s.fit_grade,
+            behaviour_score=behaviour_score(s, now, self.rules),
+            priority=priority(s, now, self.rules),
+            stage=s.stage,
+            entries=[
+                ScoreEntry(
+                    entry_id=e.entry_id,
+                    event_id=e.event_id,
+                    rule_id=e.rule_id,
+                    kind=e.kind,
+                    occurred_at=e.occurred_at,
+                    raw_points=e.raw_points,
+                    points=e.points,
+                )
+                for e in entries
+            ],
+        )
+        return OutboxRecord(
+            self.topics.score_changes, s.lead_id.encode(), msg.model_dump_json().encode()
+        )
+
+    def _nurture(self, d: Decision) -> OutboxRecord:
+        r = d.recycle
+        assert r is not None
+        msg = NurtureEnrolled(
+            message_id=f"{r.lead_id}:{r.since.isoformat()}",
+            lead_id=r.lead_id,
+            reason=r.reason,
+            track=r.track,
+            recycled_at=r.since,
+            revisit_on=r.revisit_on,
+        )
+        return OutboxRecord(self.topics.nurture, r.lead_id.encode(), msg.model_dump_json().encode())
+
+    async def _followups(
+        self, conn: asyncpg.Connection, changed: dict[str, _Touched], now: datetime
+    ) -> list[OutboxRecord]:
+        relevant = {
+            k: t
+            for k, t in changed.items()
+            if any(d.followup or d.close_followup or d.excluded for d in t.decisions)
+        }
+        if not relevant:
+            return []
+        current = await leadstore.open_followups(conn, relevant)
+        saved: dict[str, FollowupRow] = {}
+        new_rows: list[FollowupRow] = []
+        for lead_id, t in relevant.items():
+            open_row = current.get(lead_id)
+            for d in t.decisions:
+                if open_row is not None and (d.close_followup or d.excluded):
+                    reason = "lead excluded" if d.excluded else "sales outcome recorded"
+                    if d.state.stage == "recycled":
+                        reason = "lead recycled"
+                    _bump(open_row, now, status="done", closed_at=now, closed_reason=reason)
+                    saved[open_row.followup_id] = open_row
+                    open_row = None
+                if d.followup is not None and not d.excluded:
+                    if open_row is None:
+                        open_row = _new_followup(d.followup, now)
+                        new_rows.append(open_row)
+                    else:
+                        _bump(
+                            open_row,
+                            now,
+                            why_now=d.followup.why_now,
+                            priority=d.followup.priority,
+                            due_at=min(open_row.due_at, d.followup.due_at),
+                            context=_context_json(d.followup),
+                        )
+                    saved[open_row.followup_id] = open_row
+        await self._assign(conn, [r for r in new_rows if r.followup_id in saved], changed, now)
+        rows = list(saved.values())
+        await leadstore.save_followups(conn, rows)
+        return [self.followup_message(r) for r in rows]
+
+    async def _assign(
+        self,
+        conn: asyncpg.Connection,
+        rows: list[FollowupRow],
+        changed: dict[str, _Touched],
+        now: datetime,
+    ) -> None:
+        if not rows:
+            return
+        day = now.astimezone(self.tz).date()
+        loads = await leadstore.rep_loads(conn, day)
+        cursor = await leadstore.take_cursor(conn) if self.assignment.reps else 0
+        added: dict[str, int] = defaultdict(int)
+        for row in sorted(rows, key=lambda r: r.lead_id):
+            owner = changed[row.lead_id].state.profile.owner
+            current = {r: loads.get(r, 0) + added[r] for r in self.assignment.reps}
+            row.assignee, cursor = assign(
+                owner, self.assignment.reps, current, self.assignment.daily_capacity, cursor=cursor
+            )
+            if row.assignee is not None and row.assignee in self.assignment.reps and not owner:
+                added[row.assignee] += 1
+        await leadstore.add_rep_load(conn, day, dict(added))
+        if self.assignment.reps:
+            await leadstore.put_cursor(conn, cursor)
+
+    def followup_message(self, r: FollowupRow) -> OutboxRecord:
+        msg = FollowupChanged(
+            message_id=f"{r.followup_id}:v{r.version}",
+            followup_id=r.followup_id,
+            version=r.version,
+            lead_id=r.lead_id,
+            status=r.status,
+            why_now=r.why_now,
+            priority=r.priority,
+            due_at=r.due_at,
+            assignee=r.assignee,
+            sla_breached=r.sla_breached,
+            context=json.loads(r.context),
+        )
+        return OutboxRecord(
+            self.topics.followups, r.lead_id.encode(), msg.model_dump_json().encode()
+        )
+
+
+def _context_json(f: FollowupDecision) -> str:
+    ctx = f.context.model_dump(mode="json")
+    ctx["recent_activities"] = [
+        f"{a['type']}: {a['label']}" if a.get("label") else a["type"]
+        for a in ctx.get("recent_activities", [])
+    ]
+    ctx["reason"] = f.reason
+    return json.dumps(ctx, ensure_ascii=False)
+
+
+def _new_followup(f: FollowupDecision, now: datetime) -> FollowupRow:
+    fid = uuid.uuid5(uuid.NAMESPACE_URL, f"leadcycle:{f.lead_id}:{f.created_at.isoformat()}")
+    return FollowupRow(
+        followup_id=f"fu-{fid.hex[:20]}",
+        lead_id=f.lead_id,
+        status="open",
+        why_now=f.why_now,
+        priority=f.priority,
+        due_at=f.due_at,
+        assignee=None,
+        sla_breached=False,
+        context=_context_json(f),
+        version=1,
+        created_at=now,
+        updated_at=now,
+        closed_at=None,
+        closed_reason=None,
+    )
+
+
+def _bump(row: FollowupRow, now: datetime, **changes: object) -> None:
+    for key, value in changes.items():
+        setattr(row, key, value)
+    row.version += 1
+    row.updated_at = now
+
+
+def _ledger_row(e: LedgerEntry) -> LedgerRow:
+    return LedgerRow(
+        entry_id=e.entry_id,
+        lead_id=e.lead_id,
+        event_id=e.event_id,
+        rule_id=e.rule_id,
+        rules_version=e.rules_version,
+        kind=e.kind,
+        occurred_at=e.occurred_at,
+        raw_points=e.raw_points,
+        points=e.points,
+        detail=e.model_dump_json(),
+    )
+
+
+def _pool_row(s: LeadState) -> PoolRow | None:
+    r = s.recycle
+    if r is None:
+        return None
+    return PoolRow(
+        lead_id=s.lead_id,
+        reason=r.reason,
+        since=r.since,
+        revisit_on=r.revisit_on,
+        track=r.track,
+        requeued_at=s.last_requeue_at,
+    )
