@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -52,8 +53,8 @@ async def open_followups(
         due_by = datetime.combine(day + timedelta(days=1), time(0), tzinfo=ZoneInfo(tz))
     rows = await conn.fetch(
         """SELECT f.followup_id, f.lead_id, f.assignee, f.due_at, f.sla_breached, f.priority,
-                  f.why_now, f.context, l.company_name, l.job_title, l.email, l.grade, l.stage,
-                  l.source
+                  f.why_now, f.context::text AS context, l.company_name, l.job_title, l.email,
+                  l.grade, l.stage, l.source
              FROM followups f JOIN leads l USING (lead_id)
             WHERE f.status = 'open'
               AND ($1::text IS NULL OR f.assignee = $1)
@@ -69,7 +70,7 @@ async def open_followups(
 
 
 def _entry(r: asyncpg.Record) -> CallListEntry:
-    ctx: dict[str, Any] = r["context"] or {}
+    ctx: dict[str, Any] = json.loads(r["context"]) if r["context"] else {}
     return CallListEntry(
         followup_id=r["followup_id"],
         lead_id=r["lead_id"],

@@ -345,8 +345,9 @@ async def sweep_candidates(
             WHERE NOT l.anonymous AND NOT l.excluded AND l.merged_into IS NULL
               AND (   (l.stage IN ('mql', 'appointment', 'opportunity')
                        AND NOT coalesce((l.state->>'stage_touched')::boolean, false)
-                       AND l.stage_since < $1 - make_interval(secs => $3 * 3600))
-                   OR (l.stage = 'recycled' AND p.revisit_on <= $2
+                       AND l.stage_since
+                           < $1::timestamptz - make_interval(secs => $3::float8 * 3600))
+                   OR (l.stage = 'recycled' AND p.revisit_on <= $2::date
                        AND (p.requeued_at IS NULL OR p.requeued_at::date < p.revisit_on))
                    OR l.stage = 'won')
             ORDER BY l.stage_since

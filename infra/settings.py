@@ -73,3 +73,31 @@ class Settings(BaseSettings):
     @property
     def topics(self) -> TopicNames:
         return TopicNames(self.topic_prefix)
+
+    # --- HTTP edge (workers/web, docs/http.md) -------------------------------------------------
+    # Secrets have no default: unset means the endpoints that need them answer 401.
+    web_bind: str = Field(default="0.0.0.0", description="address the worker's HTTP server binds")
+    http_write_keys: SecretStr | None = Field(
+        default=None,
+        description="collector write keys, one per site: site=key[,site=key]; unset = 401",
+    )
+    http_cors_origins: str = Field(
+        default="",
+        description="comma-separated origins allowed to call the collector from a browser",
+    )
+    http_batch_max_events: int = Field(
+        default=100, ge=1, description="most events one collector request may carry"
+    )
+    http_max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="largest collector request body, in bytes"
+    )
+    http_publish_timeout: float = Field(
+        default=5.0, gt=0, description="seconds to wait for the broker's ack before answering 503"
+    )
+    sales_rep_tokens: SecretStr | None = Field(
+        default=None,
+        description="bearer tokens of reps for the sales endpoints: rep=token[,rep=token]",
+    )
+    sales_admin_token: SecretStr | None = Field(
+        default=None, description="bearer token that sees every rep's call list"
+    )

@@ -20,6 +20,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import json
@@ -78,6 +79,17 @@ class Message:
     timestamp: datetime  # the event time; duplicates keep their original's
 
 
+class _Weights:
+    """A weighted choice whose cumulative table is built once (``random.choices`` rebuilds it)."""
+
+    def __init__(self, weights: dict[str, int]) -> None:
+        self.names = tuple(weights)
+        self.bounds = tuple(itertools.accumulate(weights.values()))
+
+    def pick(self, rng: random.Random) -> str:
+        return self.names[bisect.bisect(self.bounds, rng.random() * self.bounds[-1])]
+
+
 # fmt: off
 # The data tables read better packed than one item per line.
 #: Kinds of broken message ``invalid_rate`` mixes in; each is a fault the worker must dead-letter.
@@ -87,6 +99,7 @@ BROKEN_KINDS = ("bad_json", "missing_field", "naive_time", "wrong_type", "unknow
 _COUNTRIES = {"JP": (45, 9, "ja-JP"), "US": (22, -5, "en-US"), "GB": (8, 0, "en-GB"),
               "DE": (7, 1, "de-DE"), "IN": (6, 5, "en-IN"), "SG": (5, 8, "en-SG"),
               "FR": (4, 1, "fr-FR"), "AU": (3, 10, "en-AU")}
+_COUNTRY_SHARES = _Weights({code: share for code, (share, _, _) in _COUNTRIES.items()})
 _INDUSTRIES = ("software", "manufacturing", "finance", "retail", "healthcare", "education",
                "public sector", "logistics", "media", "consulting")
 _TITLES_EN = ("VP of Sales", "Director, IT", "Marketing Manager", "Head of Marketing", "CIO",
@@ -115,8 +128,8 @@ _OUTSIDERS = {"competitor": ("RivalSoft", "rivalsoft.example", "software"),
               "partner": ("PartnerCo", "partnerco.example", "consulting"),
               "student-jp": ("Example University", "example-u.ac.jp", "education"),
               "student": ("Example State University", "mail.example-state.edu", "education")}
-_SOURCES = {"demo_request": 4, "webinar": 14, "content": 22, "exhibition": 16, "referral": 6,
-            "ads": 14, "organic": 20, "partner": 4}
+_SOURCES = _Weights({"demo_request": 4, "webinar": 14, "content": 22, "exhibition": 16,
+                     "referral": 6, "ads": 14, "organic": 20, "partner": 4})
 _WEBKIT = "AppleWebKit/537.36 (KHTML, like Gecko)"
 _BROWSERS = (
     f"Mozilla/5.0 (Windows NT 10.0; Win64; x64) {_WEBKIT} Chrome/124.0.0.0 Safari/537.36",
@@ -155,14 +168,19 @@ _WEBINARS = (("webinar-2026-scoring", "Lead scoring in 30 minutes"),
              ("webinar-2026-the-model", "The Model セミナー"))
 _CAMPAIGNS = ("nl-2026-01", "nl-2026-02", "nurture-mql-3", "expo-followup", "webinar-invite")
 _OFF_SITE = ("email_click", "webinar_attended", "unsubscribe")
-_ENGAGEMENT = {"cold": 55, "warming": 30, "hot": 15}
+_ENGAGEMENT = _Weights({"cold": 55, "warming": 30, "hot": 15})
+#: How a hot lead raises its hand (a competitor wants a trial, not a sales call).
+_HANDS = {"prospect": _Weights({"demo_request": 45, "quote_request": 30, "trial_signup": 25}),
+          "competitor": _Weights({"trial_signup": 70, "quote_request": 30})}
 #: engagement -> sessions (min, max), mean days between sessions, pages, how a session may end
 _PLANS = {
-    "cold": (1, 3, 8.0, _BROWSE, {"": 75, "email_click": 20, "content_download": 5}),
+    "cold": (1, 3, 8.0, _BROWSE, _Weights({"": 75, "email_click": 20, "content_download": 5})),
     "warming": (2, 5, 5.0, _BROWSE + _RESEARCH,
-                {"": 30, "content_download": 30, "webinar_attended": 15, "email_click": 25}),
-    "hot": (3, 6, 3.0, _RESEARCH, {"": 30, "content_download": 25, "webinar_attended": 15,
-                                   "email_click": 20, "trial_signup": 10}),
+                _Weights({"": 30, "content_download": 30, "webinar_attended": 15,
+                          "email_click": 25})),
+    "hot": (3, 6, 3.0, _RESEARCH, _Weights({"": 30, "content_download": 25,
+                                            "webinar_attended": 15, "email_click": 20,
+                                            "trial_signup": 10})),
 }
 _LOCAL_HOURS = (8, 9, 9, 10, 10, 10, 11, 11, 13, 13, 14, 14, 14, 15, 15, 16, 16, 17, 18, 21)
 # fmt: on
@@ -184,10 +202,6 @@ class _Lead:
     subscribed: bool = True
 
 
-def _pick(rng: random.Random, weights: dict[str, int]) -> str:
-    return rng.choices(tuple(weights), tuple(weights.values()))[0]
-
-
 @lru_cache(maxsize=1024)
 def _firmographics(company: str) -> tuple[int, str]:
     """Size and industry of a company: a property of the account, the same for all its leads."""
@@ -201,7 +215,7 @@ def _new_lead(rng: random.Random, n: int, anonymous: bool) -> _Lead:
     """A lead with a CRM profile; a few per cent are students, competitors or partners."""
     r = rng.random()
     kind = "student" if r < 0.03 else "competitor" if r < 0.05 else "partner" if r < 0.07 else ""
-    country = _pick(rng, {code: share for code, (share, _, _) in _COUNTRIES.items()})
+    country = _COUNTRY_SHARES.pick(rng)
     _, hours, locale = _COUNTRIES[country]
     jp = country == "JP"
     person = f"{rng.choice('aehkmnrsty')}.{rng.choice(_SURNAMES[jp])}{n}"  # unique per lead
@@ -219,14 +233,14 @@ def _new_lead(rng: random.Random, n: int, anonymous: bool) -> _Lead:
             profile["company_size"] = size
     profile.update(email=f"{person}@{domain}", company_name=company, industry=industry)
     profile.update(job_title=title, country=country)
-    profile["source"] = "partner" if kind == "partner" else _pick(rng, _SOURCES)
+    profile["source"] = "partner" if kind == "partner" else _SOURCES.pick(rng)
     if rng.random() < 0.25:
         profile["owner"] = f"rep-{rng.randint(1, 5)}"
     return _Lead(
         lead_id=f"L{n:06d}",
         anonymous_id=f"a-{rng.getrandbits(64):016x}",
         kind=kind or "prospect",
-        engagement="warming" if kind == "partner" else _pick(rng, _ENGAGEMENT),
+        engagement="warming" if kind == "partner" else _ENGAGEMENT.pick(rng),
         offset=timedelta(hours=hours),
         tz=JST if jp else UTC,
         context={
@@ -414,13 +428,12 @@ def _journey(rng: random.Random, lead: _Lead, t: datetime) -> Iterator[Step]:
         t = _later(rng, lead, t, gap)
         buying = lead.engagement == "hot" and i >= sessions // 2
         t = yield from _browse(rng, lead, t, _BUYING if buying else pages)
-        t = yield from _act(rng, lead, t, _pick(rng, actions))
+        t = yield from _act(rng, lead, t, actions.pick(rng))
         if rng.random() < 0.04:
             yield _profile(lead, t, _change(rng, lead))
     if lead.engagement == "hot":
         t = yield from _browse(rng, lead, _later(rng, lead, t, gap), _BUYING)
-        hand = "trial_signup" if lead.kind == "competitor" else "demo_request"
-        hand = _pick(rng, {hand: 45, "quote_request": 30, "trial_signup": 25})
+        hand = _HANDS.get(lead.kind, _HANDS["prospect"]).pick(rng)
         t = yield from _act(rng, lead, t, hand)
     called = {"hot": 0.85, "warming": 0.08, "cold": 0.0}[lead.engagement]
     if lead.kind != "prospect" and lead.engagement != "cold":

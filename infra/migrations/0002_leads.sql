@@ -64,7 +64,8 @@ CREATE TABLE stage_transitions (
     at             timestamptz NOT NULL,
     reason         text,
     event_id       text,                        -- null for sweep decisions
-    accepted       boolean NOT NULL
+    accepted       boolean NOT NULL,
+    recorded_at    timestamptz NOT NULL DEFAULT clock_timestamp()  -- the order decisions were made
 );
 CREATE INDEX stage_transitions_lead ON stage_transitions (lead_id, at);
 

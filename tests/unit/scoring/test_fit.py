@@ -40,9 +40,16 @@ def test_job_title_seniority_english_and_japanese(title: str, rule_id: str | Non
 
 @pytest.mark.parametrize(
     ("size", "rule_id", "points"),
-    [(0, "size-micro", 0), (29, "size-micro", 0), (30, "size-smb", 10), (199, "size-smb", 10),
-     (200, "size-midmarket", 22), (999, "size-midmarket", 22), (1000, "size-enterprise", 30),
-     (250_000, "size-enterprise", 30)],
+    [
+        (0, "size-micro", 0),
+        (29, "size-micro", 0),
+        (30, "size-smb", 10),
+        (199, "size-smb", 10),
+        (200, "size-midmarket", 22),
+        (999, "size-midmarket", 22),
+        (1000, "size-enterprise", 30),
+        (250_000, "size-enterprise", 30),
+    ],
 )
 def test_company_size_bands(size: int, rule_id: str, points: float) -> None:
     parts = {p.attribute: p for p in evaluate_fit(Profile(company_size=size), RULES.fit)}

@@ -148,8 +148,9 @@ def test_re_engagement_requeues_and_cooldown_prevents_a_second_requeue() -> None
     assert first[1].followup is not None
     assert first[1].followup.why_now == "re_engaged"
     requeued_at = first[1].state.last_requeue_at
-    lost_again = apply(first[1].state, outcome("lost", T0 + days(6), reason="no_budget"), RULES,
-                       now=T0 + days(6))
+    lost_again = apply(
+        first[1].state, outcome("lost", T0 + days(6), reason="no_budget"), RULES, now=T0 + days(6)
+    )
     inside = run([behaviour("trial_signup", T0 + days(7))], state=lost_again.state)
     assert inside[0].followup is None
     assert inside[0].state.stage == "recycled"
@@ -160,8 +161,9 @@ def test_re_engagement_requeues_and_cooldown_prevents_a_second_requeue() -> None
 
 
 def test_events_before_the_recycle_do_not_count_as_re_engagement() -> None:
-    recycled = apply(mql(), outcome("lost", T0 + days(2), reason="no_budget"), RULES,
-                     now=T0 + days(2)).state
+    recycled = apply(
+        mql(), outcome("lost", T0 + days(2), reason="no_budget"), RULES, now=T0 + days(2)
+    ).state
     late_old = run([behaviour("trial_signup", T0 + days(1))], state=recycled, now=T0 + days(2))
     assert late_old[0].state.stage == "recycled"
 
@@ -195,8 +197,10 @@ def test_disqualified_lead_never_gets_a_follow_up_again() -> None:
     out = apply(mql(), outcome("disqualified", reason="partner"), RULES, now=T0)
     assert out.excluded
     assert moves(out) == [("mql", "disqualified", True)]
-    later = run([behaviour("demo_request", T0 + days(1)), behaviour("quote_request", T0 + days(2))],
-                state=out.state)
+    later = run(
+        [behaviour("demo_request", T0 + days(1)), behaviour("quote_request", T0 + days(2))],
+        state=out.state,
+    )
     assert all(d.followup is None and d.excluded for d in later)
     assert later[-1].ledger  # still scored, for explanation
     refused = apply(later[-1].state, outcome("appointment_set"), RULES, now=T0 + days(3))

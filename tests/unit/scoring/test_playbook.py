@@ -95,8 +95,12 @@ SCENARIOS = [
     Scenario(
         "a VP at an enterprise who requests a demo is called within one business hour",
         [
-            at(days(0), profile(**{**GOOD_PROFILE, "job_title": "VP Engineering",
-                                   "source": "demo_request"})),
+            at(
+                days(0),
+                profile(
+                    **{**GOOD_PROFILE, "job_title": "VP Engineering", "source": "demo_request"}
+                ),
+            ),
             at(hours(1), behaviour("demo_request", T0 + hours(1))),
         ],
         stage="mql",
@@ -116,8 +120,10 @@ SCENARIOS = [
         "a well-fitting job seeker reading careers pages stays a plain lead",
         [
             at(days(0), profile(**GOOD_PROFILE)),
-            *[at(hours(i), view("https://acme.example/careers/sales", T0 + hours(i)))
-              for i in range(1, 6)],
+            *[
+                at(hours(i), view("https://acme.example/careers/sales", T0 + hours(i)))
+                for i in range(1, 6)
+            ],
             at(hours(7), behaviour("content_download", T0 + hours(7))),
         ],
         stage="lead",
@@ -166,8 +172,12 @@ def play(scenario: Scenario) -> tuple[LeadState, list[Decision]]:
     decisions = []
     for offset, item in scenario.steps:
         now = T0 + offset
-        decision = sweep(state, RULES, now=now) if item == "sweep" else (
-            apply(state, item, RULES, now=now)  # type: ignore[arg-type]
+        decision = (
+            sweep(state, RULES, now=now)
+            if item == "sweep"
+            else (
+                apply(state, item, RULES, now=now)  # type: ignore[arg-type]
+            )
         )
         decisions.append(decision)
         state = decision.state
@@ -189,8 +199,9 @@ def test_playbook(scenario: Scenario) -> None:
         recycles = [d.recycle for d in decisions if d.recycle]
         assert recycles[-1].track == scenario.extra["recycle_track"]
     if "refused" in scenario.extra:
-        refused = [(t.from_stage, t.to_stage) for d in decisions for t in d.transitions
-                   if not t.accepted]
+        refused = [
+            (t.from_stage, t.to_stage) for d in decisions for t in d.transitions if not t.accepted
+        ]
         assert refused == [scenario.extra["refused"]]
 
 

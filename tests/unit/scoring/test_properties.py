@@ -27,8 +27,17 @@ URLS = [
     "https://acme.example/",
 ]
 KINDS = [
-    "page_view", "page_view", "page_view", "content_download", "webinar_attended", "email_click",
-    "form_submit", "trial_signup", "quote_request", "demo_request", "unsubscribe",
+    "page_view",
+    "page_view",
+    "page_view",
+    "content_download",
+    "webinar_attended",
+    "email_click",
+    "form_submit",
+    "trial_signup",
+    "quote_request",
+    "demo_request",
+    "unsubscribe",
 ]
 POSITIVE_KINDS = [k for k in KINDS if k != "unsubscribe"]
 SPAN = int(timedelta(days=60).total_seconds())
@@ -113,8 +122,16 @@ def test_decay_is_monotone_in_time(items: list[BehaviourTracked], a: int, b: int
 
 
 OUTCOMES = st.sampled_from(
-    [("appointment_set", None), ("opportunity_opened", None), ("won", None), ("contacted", None),
-     ("lost", "no_budget"), ("lost", "timing"), ("nurture", "no_need"), ("no_answer", None)]
+    [
+        ("appointment_set", None),
+        ("opportunity_opened", None),
+        ("won", None),
+        ("contacted", None),
+        ("lost", "no_budget"),
+        ("lost", "timing"),
+        ("nurture", "no_need"),
+        ("no_answer", None),
+    ]
 )
 ACTIONS = st.lists(
     st.one_of(
@@ -148,11 +165,15 @@ def play(state: LeadState, actions: list[Action], step_hours: int) -> Iterator[D
 
 
 @settings(max_examples=60, deadline=None)
-@given(ACTIONS, st.sampled_from(["hanako@kyoto-u.ac.jp", "x@rival-automation.example"]),
-       st.integers(1, 24 * 20))
+@given(
+    ACTIONS,
+    st.sampled_from(["hanako@kyoto-u.ac.jp", "x@rival-automation.example"]),
+    st.integers(1, 24 * 20),
+)
 def test_excluded_leads_never_get_follow_ups(actions: list[Action], email: str, step: int) -> None:
-    start = apply(LeadState.new("L1", now=T0), profile(**{**GOOD_PROFILE, "email": email}),
-                  RULES, now=T0)
+    start = apply(
+        LeadState.new("L1", now=T0), profile(**{**GOOD_PROFILE, "email": email}), RULES, now=T0
+    )
     assert start.excluded
     for decision in play(start.state, actions, step):
         assert decision.followup is None

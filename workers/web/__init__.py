@@ -1,0 +1,1 @@
+"""The worker's HTTP edge: collector, tracker script, call lists and outcomes (docs/http.md)."""
