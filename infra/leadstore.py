@@ -1,13 +1,15 @@
 """PostgreSQL repository of lead state, ledger, stage history, recycle pool and follow-ups.
 
 Every function takes a connection inside the batch's transaction and does one round trip for
-the whole batch. Lead rows are locked (``FOR UPDATE``, in id order, so two workers never
-deadlock) while a batch decides on them: events of one lead that arrive on different
-partitions (anonymous visits, then known-lead visits) are applied one transaction at a time.
+the whole batch. The subjects a batch decides on are locked (advisory locks per subject, taken
+in one global order, plus ``FOR UPDATE`` on their rows): events of one lead that arrive on
+different partitions (an anonymous visitor's pages, then its identify) are applied one
+transaction at a time, even before the lead's row exists.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime
@@ -142,11 +144,30 @@ _LEAD_TYPES = {
 }
 
 
+def subject_lock_key(subject: str) -> int:
+    """A signed 64-bit advisory-lock key for a lead or anonymous subject."""
+    digest = hashlib.blake2b(subject.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+async def lock_subjects(conn: asyncpg.Connection, subjects: Iterable[str]) -> None:
+    """Serialise work on these subjects across workers until the transaction ends.
+
+    Row locks cannot cover a lead that does not exist yet (an anonymous visitor's first event
+    racing its identify on another partition); advisory locks on the subject can. Keys are taken
+    in ascending order, the same order in every worker, so two batches cannot deadlock on them.
+    """
+    keys = sorted({subject_lock_key(s) for s in subjects})
+    if keys:
+        await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", keys)
+
+
 async def load_states(conn: asyncpg.Connection, lead_ids: Iterable[str]) -> dict[str, Any]:
     """``lead_id -> (state JSON, merged_into)`` of existing leads, locked for this transaction."""
     ids = sorted(set(lead_ids))
     if not ids:
         return {}
+    await lock_subjects(conn, ids)
     rows = await conn.fetch(
         """SELECT lead_id, state::text AS state, merged_into FROM leads
             WHERE lead_id = ANY($1::text[]) ORDER BY lead_id FOR UPDATE""",

@@ -163,7 +163,7 @@ def calllist(rep: str | None, day: datetime | None, fmt: str, limit: int | None)
         )
     )
     render = {"table": call_list_table, "json": call_list_json, "csv": call_list_csv}[fmt]
-    click.echo(render(entries))
+    click.echo(render(entries).rstrip("\n"))
 
 
 @main.command()

@@ -59,7 +59,7 @@ def call_list_json(entries: Sequence[CallListEntry]) -> str:
 def call_list_csv(entries: Sequence[CallListEntry]) -> str:
     out = io.StringIO()
     fields = list(CallListEntry.__dataclass_fields__)
-    writer = csv.DictWriter(out, fieldnames=fields)
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for e in entries:
         row = e.as_dict()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -90,10 +93,64 @@ async def test_the_whole_loop(scenario: Scenario) -> None:
     try:
         await check_no_budget_lead(conn, sc)
         await check_student(conn)
+        check_cli(sc)
         await check_timing_revisit(conn, sc, revisit)
+        # Thirty days on, nobody called the re-queued MQL: its stage SLA recycled it.
+        row = await conn.fetchrow("SELECT stage FROM leads WHERE lead_id = 'LNB1'")
+        assert row["stage"] == "recycled"
+        assert (
+            await conn.fetchval("SELECT reason FROM recycle_pool WHERE lead_id = 'LNB1'")
+            == "uncontacted"
+        )
+        assert await open_for(conn, "LNB1") == []
     finally:
         await conn.close()
     await check_outputs(sc)
+
+
+def leadcycle(sc: Scenario, *args: str) -> str:
+    env = {
+        **os.environ,
+        "LEADCYCLE_DATABASE_URL": sc.dsn,
+        "LEADCYCLE_KAFKA_URL": sc.services.kafka_url,
+        "LEADCYCLE_TOPIC_PREFIX": sc.topics.prefix,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def check_cli(sc: Scenario) -> None:
+    listed = json.loads(leadcycle(sc, "calllist", "--format", "json"))
+    assert {e["lead_id"] for e in listed} == {"LNB1"}  # LT1 waits for its revisit date
+    lnb = next(e for e in listed if e["lead_id"] == "LNB1")
+    assert lnb["previous_lost_reason"] == "no_budget"
+    assert lnb["company"] == "Fuji Seiki KK"
+    assert lnb["why_now"] == "re_engaged"
+    csv_text = leadcycle(sc, "calllist", "--format", "csv")
+    assert csv_text.splitlines()[0].startswith("followup_id,lead_id,assignee,due_at")
+    assert len(csv_text.splitlines()) == 2
+    table = leadcycle(sc, "calllist")
+    assert "Fuji Seiki KK" in table
+    assert "1 open follow-ups" in table
+    rep = lnb["assignee"]
+    mine = json.loads(leadcycle(sc, "calllist", "--rep", rep, "--format", "json"))
+    assert mine
+    assert all(e["assignee"] == rep for e in mine)
+    lead = json.loads(leadcycle(sc, "lead", "LNB1", "--format", "json"))
+    assert lead["reproduced_from_ledger"]["matches"] is True
+    assert lead["stage"] == "mql"
+    assert [f["why_now"] for f in lead["followups"]] == ["new_mql", "re_engaged"]
+    text = leadcycle(sc, "lead", "LNB1")
+    assert "matches" in text
+    assert "mql -> recycled" in text
 
 
 async def check_no_budget_lead(conn: asyncpg.Connection, sc: Scenario) -> None:
@@ -182,9 +239,12 @@ async def check_timing_revisit(conn: asyncpg.Connection, sc: Scenario, revisit: 
     assert await open_for(conn, "LT1") == ["revisit_due"]
     await run_sweep_once(settings, endpoints, now=day + timedelta(hours=1))
     assert await open_for(conn, "LT1") == ["revisit_due"], "re-queued twice"
-    listed = {e.lead_id: e for e in await open_followups(conn, tz="Asia/Tokyo")}
-    assert listed["LT1"].previous_lost_reason == "timing"
-    assert "LS1" not in listed
+    listed = await open_followups(conn, tz="Asia/Tokyo")
+    by_lead = {e.lead_id: e for e in listed}
+    assert by_lead["LT1"].previous_lost_reason == "timing"
+    assert "LS1" not in by_lead
+    keys = [(e.due_at, -e.priority) for e in listed]
+    assert keys == sorted(keys), "not ordered by due time, then priority"
 
 
 async def open_for(conn: asyncpg.Connection, lead_id: str) -> list[str]:
