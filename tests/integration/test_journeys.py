@@ -239,6 +239,14 @@ async def check_timing_revisit(conn: asyncpg.Connection, sc: Scenario, revisit: 
     assert await open_for(conn, "LT1") == ["revisit_due"]
     await run_sweep_once(settings, endpoints, now=day + timedelta(hours=1))
     assert await open_for(conn, "LT1") == ["revisit_due"], "re-queued twice"
+    assert not await conn.fetchval(
+        "SELECT sla_breached FROM followups WHERE lead_id = 'LT1' AND status = 'open'"
+    )
+    # Three days later nobody has called: the follow-up is past due and flagged, once.
+    await run_sweep_once(settings, endpoints, now=day + timedelta(days=3))
+    assert await conn.fetchval(
+        "SELECT sla_breached FROM followups WHERE lead_id = 'LT1' AND status = 'open'"
+    )
     listed = await open_followups(conn, tz="Asia/Tokyo")
     by_lead = {e.lead_id: e for e in listed}
     assert by_lead["LT1"].previous_lost_reason == "timing"
