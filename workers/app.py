@@ -131,6 +131,11 @@ def create_app(settings: Settings, endpoints: Endpoints) -> faust.App:
     # Added before the app starts, the runtime starts first (pool and topics ready before any
     # agent reads) and stops last.
     app.add_dependency(runtime)
+    if settings.web_enabled:
+        from workers.web.server import WebServer, web_context
+
+        # faust starts a registered web server after recovery, instead of its own web stack.
+        app.web_server(WebServer(web_context(settings, endpoints, lambda: runtime.pool)))
     prefix = settings.topic_prefix
     inputs = app.topic(*settings.topics.inputs(), key_type=bytes, value_type=bytes)
 

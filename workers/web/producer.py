@@ -60,8 +60,10 @@ class EdgeProducer:
         """True when some bootstrap server answers a Kafka metadata request."""
         for host_port in self.bootstrap.split(","):
             host, _, port = host_port.strip().removeprefix("kafka://").rpartition(":")
-            if host and port.isdigit() and await asyncio.to_thread(
-                metadata_ok, host, int(port), 1.0
+            if (
+                host
+                and port.isdigit()
+                and await asyncio.to_thread(metadata_ok, host, int(port), 1.0)
             ):
                 return True
         return False

@@ -1,0 +1,276 @@
+"""The OpenAPI document of the worker's HTTP API, generated from the wire models.
+
+Served at /openapi.json and checked in as docs/openapi.json; a test fails when they drift.
+Regenerate with ``python -m workers.web.openapi --write``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
+
+from events import BehaviourTracked, OutcomeRecorded
+from infra.calllist import CallListEntry
+
+DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
+REF = "#/components/schemas/{model}"
+
+
+def _hoist(schema: dict[str, Any], into: dict[str, Any]) -> dict[str, Any]:
+    into.update(schema.pop("$defs", {}))
+    return schema
+
+
+def _optional(model: type[BaseModel], name: str, into: dict[str, Any], *fields: str) -> None:
+    """``model``'s schema with ``fields`` optional: the server fills them in when absent."""
+    schema = _hoist(model.model_json_schema(ref_template=REF), into)
+    schema["required"] = [f for f in schema.get("required", []) if f not in fields]
+    schema["title"] = name
+    into[name] = schema
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _json(ref: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
+    }
+
+
+def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", **schema},
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    _optional(BehaviourTracked, "TrackEvent", schemas, "event_id", "occurred_at")
+    _optional(OutcomeRecorded, "OutcomeIn", schemas, "event_id", "occurred_at")
+    entry = TypeAdapter(CallListEntry).json_schema(ref_template=REF, mode="serialization")
+    schemas["CallListEntry"] = _hoist(entry, schemas)
+    schemas["Error"] = {
+        "type": "object",
+        "properties": {"error": {"type": "string"}},
+        "required": ["error"],
+    }
+    schemas["TrackBatch"] = {
+        "type": "object",
+        "properties": {
+            "batch": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"$ref": REF.format(model="TrackEvent")},
+            }
+        },
+        "required": ["batch"],
+        "additionalProperties": False,
+    }
+    schemas["ItemResult"] = {
+        "type": "object",
+        "properties": {
+            "index": {"type": "integer"},
+            "status": {"enum": ["accepted", "rejected"]},
+            "event_id": {"type": "string"},
+            "reason": {"type": "string"},
+            "field": {"type": ["string", "null"]},
+            "error": {"type": "string"},
+        },
+        "required": ["index", "status"],
+    }
+    schemas["TrackResult"] = {
+        "type": "object",
+        "properties": {
+            "accepted": {"type": "integer"},
+            "rejected": {"type": "integer"},
+            "results": {"type": "array", "items": {"$ref": REF.format(model="ItemResult")}},
+        },
+        "required": ["accepted", "rejected", "results"],
+    }
+    return schemas
+
+
+def _paths() -> dict[str, Any]:
+    sales: list[dict[str, list[str]]] = [{"salesToken": []}]
+    return {
+        "/v1/track": {
+            "post": {
+                "summary": "Collect tracker events (one, or a batch) for leadcycle.events",
+                "security": [{"writeKeyHeader": []}, {"writeKeyQuery": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        media: {
+                            "schema": {
+                                "oneOf": [
+                                    {"$ref": REF.format(model="TrackEvent")},
+                                    {"$ref": REF.format(model="TrackBatch")},
+                                ]
+                            }
+                        }
+                        # text/plain: what navigator.sendBeacon sends without a CORS preflight
+                        for media in ("application/json", "text/plain")
+                    },
+                },
+                "responses": {
+                    "202": _json("TrackResult", "handed to Kafka; per-item results"),
+                    "400": _error("malformed JSON or not an event / batch"),
+                    "401": _error("missing or unknown write key"),
+                    "403": _error("Origin not allowed"),
+                    "413": _error("body or batch over the limit"),
+                    "422": _json("TrackResult", "every item rejected (all dead-lettered)"),
+                    "503": _error("the broker did not acknowledge: nothing accepted, retry"),
+                },
+            }
+        },
+        "/v1/tracker.js": {
+            "get": {
+                "summary": "The JS tracker",
+                "responses": {
+                    "200": {"description": "JavaScript", "content": {"text/javascript": {}}}
+                },
+            }
+        },
+        "/v1/call-lists": {
+            "get": {
+                "summary": "Open follow-ups by due time then priority (as `leadcycle calllist`)",
+                "security": sales,
+                "parameters": [
+                    _query("rep", "a rep id; default: the token's rep (admins: all reps)"),
+                    _query("date", "due by the end of this day, overdue included", format="date"),
+                    _query("limit", "at most this many rows (1-10000)", pattern="^[0-9]+$"),
+                    _query(
+                        "format",
+                        "json (default) or csv; or send Accept: text/csv",
+                        enum=["json", "csv"],
+                    ),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the call list",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "array",
+                                    "items": {"$ref": REF.format(model="CallListEntry")},
+                                }
+                            },
+                            "text/csv": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "400": _error("bad date, limit or format"),
+                    "401": _error("missing or unknown bearer token"),
+                    "403": _error("a rep token asked for another rep"),
+                    "503": _error("the database is not connected yet"),
+                },
+            }
+        },
+        "/v1/outcomes": {
+            "post": {
+                "summary": "Record a sales outcome (published to leadcycle.outcomes)",
+                "security": sales,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": REF.format(model="OutcomeIn")}}
+                    },
+                },
+                "responses": {
+                    "202": {"description": "handed to Kafka", "content": {"application/json": {}}},
+                    "400": _error("malformed JSON"),
+                    "401": _error("missing or unknown bearer token"),
+                    "403": _error("a rep token: another rep, or a lead not on the rep's list"),
+                    "413": _error("body over LEADCYCLE_MAX_MESSAGE_BYTES"),
+                    "422": _error("not a valid outcome (the error names the field)"),
+                    "503": _error("the broker did not acknowledge: retry"),
+                },
+            }
+        },
+        "/call-list": {
+            "get": {
+                "summary": "The call-list page for a rep (HTML; bearer or sign-in cookie)",
+                "parameters": [_query("rep", "a rep id")],
+                "responses": {
+                    "200": {"description": "the page", "content": {"text/html": {}}},
+                    "401": {"description": "sign-in form", "content": {"text/html": {}}},
+                    "403": _error("a rep token asked for another rep"),
+                },
+            }
+        },
+        "/call-list/login": {
+            "post": {
+                "summary": "Sign in to the page: sets an HttpOnly cookie holding the token",
+                "responses": {
+                    "303": {"description": "to the page"},
+                    "401": {"description": "unknown token"},
+                },
+            }
+        },
+        "/call-list/outcome": {
+            "post": {
+                "summary": "An outcome button on the page (form post, then back to the page)",
+                "responses": {"303": {"description": "recorded; back to the page"}},
+            }
+        },
+        "/healthz": {
+            "get": {"summary": "The process is up", "responses": {"200": {"description": "up"}}}
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Broker and database reachable",
+                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3.1"}},
+            }
+        },
+    }
+
+
+def build_openapi() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "leadcycle worker HTTP API",
+            "version": "1",
+            "description": "Collector, tracker, call lists and outcomes. See docs/http.md.",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {
+                "writeKeyHeader": {"type": "apiKey", "in": "header", "name": "X-Leadcycle-Key"},
+                "writeKeyQuery": {"type": "apiKey", "in": "query", "name": "key"},
+                "salesToken": {"type": "http", "scheme": "bearer"},
+            },
+        },
+    }
+
+
+def render() -> str:
+    return json.dumps(build_openapi(), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        DOC_PATH.write_text(render())
+        print(f"wrote {DOC_PATH}")
+    else:
+        sys.stdout.write(render())
