@@ -1,0 +1,64 @@
+"""A faust agent that does nothing: faust's own ceiling on leadcycle's topics and settings.
+
+Run by bench/pipelines.py as ``python -m bench.faustnoop worker``. It uses the same app
+settings and the same ``take_events`` batching as workers/app.py, counts what it receives, and
+writes one JSON line (first batch, last batch, totals) to ``BENCH_RESULT`` when it has seen
+``BENCH_EXPECTED`` records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from workers.app import faust_broker_url
+
+
+def create_app() -> faust.App:
+    env = os.environ
+    app = faust.App(
+        env["BENCH_APP_ID"],
+        broker=faust_broker_url(env["BENCH_KAFKA_URL"]),
+        store="memory://",
+        value_serializer="raw",
+        key_serializer="raw",
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        broker_session_timeout=6,
+        broker_rebalance_timeout=6,
+        broker_heartbeat_interval=1.5,
+        topic_allow_declare=False,
+        web_enabled=False,
+        datadir=env["BENCH_STATE_DIR"],
+    )
+    inputs = app.topic(*env["BENCH_TOPICS"].split(","), key_type=bytes, value_type=bytes)
+    expected = int(env["BENCH_EXPECTED"])
+    result = Path(env["BENCH_RESULT"])
+    size, within = int(env["BENCH_BATCH_SIZE"]), float(env["BENCH_BATCH_WITHIN"])
+
+    @app.agent(inputs, name="noop")
+    async def noop(stream: Any) -> None:
+        seen, written = 0, False
+        first: tuple[float, int] | None = None
+        async for events in stream.take_events(size, within=within):
+            seen += len(events)
+            if first is None:
+                first = (time.monotonic(), seen)
+            if seen >= expected and not written:
+                doc = {"first_at": first[0], "first_rows": first[1], "total": seen}
+                doc["done_at"] = time.monotonic()
+                # Written once, after the clock is read: blocking for a moment costs nothing.
+                result.write_text(json.dumps(doc))  # noqa: ASYNC240
+                written = True
+
+    return app
+
+
+if __name__ == "__main__":
+    create_app().main()

@@ -1,0 +1,219 @@
+"""The services one bench run owns: a private tansu broker, a scratch database, worker processes.
+
+Everything is started on a free port / under a fresh name and stopped by PID at the end, so a
+bench run never touches a developer's broker, database or ``.leadcycle`` state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from infra import db
+from infra.broker import start_broker, stop_broker
+from infra.postgres import drop_database, ensure_database, local_server_dsn
+from infra.processes import ServiceError, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+DATABASE = "leadcycle_bench"
+
+
+def say(text: str) -> None:
+    """Progress goes to stderr; the figures table goes to stdout."""
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Services:
+    kafka_url: str
+    server_dsn: str
+    state_dir: Path
+
+    @property
+    def dsn(self) -> str:
+        from infra.postgres import with_database
+
+        return with_database(self.server_dsn, DATABASE)
+
+    def fresh_database(self) -> str:
+        """Drop and recreate the bench database, migrated: every measured pass starts empty."""
+        return asyncio.run(_recreate(self.server_dsn))
+
+
+async def _recreate(server_dsn: str) -> str:
+    await drop_database(server_dsn, DATABASE)
+    dsn = await ensure_database(server_dsn, DATABASE)
+    conn = await db.connect(dsn)
+    try:
+        await db.migrate(conn)
+    finally:
+        await conn.close()
+    return dsn
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (from /proc/stat): the machine-wide
+    utilisation over a window is the difference of two readings over its wall time."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _server_dsn() -> str:
+    configured = os.environ.get("LEADCYCLE_DATABASE_URL")
+    if configured:
+        from infra.postgres import with_database
+
+        return with_database(configured, "postgres")
+    local = local_server_dsn()
+    if local is None:
+        raise ServiceError("the bench needs PostgreSQL on 127.0.0.1:5432 or LEADCYCLE_DATABASE_URL")
+    return local
+
+
+@contextmanager
+def running_services() -> Iterator[Services]:
+    """A broker on a free port and a scratch database; both gone when the block exits."""
+    state_dir = Path(tempfile.mkdtemp(prefix="leadcycle-bench-"))
+    server = _server_dsn()
+    broker = start_broker(state_dir / "broker", free_port())
+    say(f"broker on {broker.url} (pid {broker.pid}); state in {state_dir}")
+    try:
+        yield Services(broker.url, server, state_dir)
+    finally:
+        stop_broker(broker.pid)
+        asyncio.run(drop_database(server, DATABASE))
+        shutil.rmtree(state_dir, ignore_errors=True)
+        say("stopped the broker, dropped the bench database, removed the state dir")
+
+
+class Worker:
+    """One ``leadcycle worker`` process, launched as tests/integration/workerproc.py does."""
+
+    def __init__(self, services: Services, *, app_id: str, prefix: str, **env: str) -> None:
+        self.log_path = services.state_dir / f"{app_id}-{time.monotonic_ns()}.log"
+        self.env = {
+            **os.environ,
+            "LEADCYCLE_KAFKA_URL": services.kafka_url,
+            "LEADCYCLE_DATABASE_URL": services.dsn,
+            "LEADCYCLE_APP_ID": app_id,
+            "LEADCYCLE_TOPIC_PREFIX": prefix,
+            "LEADCYCLE_STATE_DIR": str(services.state_dir / app_id),
+            # The sweep is not part of the ingest path; keep it out of the measured window.
+            "LEADCYCLE_SWEEP_INTERVAL": "3600",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "workers.cli", "worker", "--loglevel", "info"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def peak_rss_mb(self) -> float | None:
+        """Peak resident set size (VmHWM) so far, read before the process is stopped."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return None
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the process has used so far (from /proc)."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        # utime and stime are fields 14 and 15 of stat(5); the split starts at field 3.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Rows committed at two instants: the first commit seen and the moment all were in."""
+
+    first_at: float
+    first_rows: int
+    done_at: float
+    total: int
+
+    @property
+    def rate(self) -> float:
+        """Steady-state events/s: rows after the first commit over the time they took.
+
+        The first batch is left out because it includes consumer-group join and fetch warm-up,
+        which is start-up cost, not throughput.
+        """
+        return (self.total - self.first_rows) / max(self.done_at - self.first_at, 1e-9)
+
+
+async def wait_committed(
+    dsn: str, *, events: int, letters: int, workers: list[Worker], seconds: float
+) -> Progress:
+    """Poll event_log + dead_letters until they hold the expected totals (never end offsets:
+    tansu reports wrong ones, see shared/notes/stack.md)."""
+    conn = await asyncpg.connect(dsn)
+    deadline = time.monotonic() + seconds
+    first: tuple[float, int] | None = None
+    target = events + letters
+    try:
+        while True:
+            n = await conn.fetchval(
+                "SELECT (SELECT count(*) FROM event_log) + (SELECT count(*) FROM dead_letters)"
+            )
+            now = time.monotonic()
+            if n and first is None:
+                first = (now, n)
+            if n >= target:
+                assert first is not None
+                return Progress(first[0], first[1], now, n)
+            for w in workers:
+                if not w.alive():
+                    raise ServiceError(f"a worker exited:\n{w.tail()}")
+            if now > deadline:
+                raise ServiceError(f"timed out at {n}/{target} rows")
+            # count(*) costs a few ms of a shared core: poll gently (figures carry ±0.2 s).
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
