@@ -287,11 +287,8 @@ async def open_followups(
     ids = sorted(set(lead_ids))
     if not ids:
         return {}
-    select = ", ".join(
-        "context::text AS context" if c == "context" else c for c in _columns(FollowupRow)
-    )
     rows = await conn.fetch(
-        f"""SELECT {select} FROM followups
+        f"""SELECT {_followup_columns()} FROM followups
              WHERE lead_id = ANY($1::text[]) AND status = 'open' ORDER BY lead_id FOR UPDATE""",
         ids,
     )
@@ -300,6 +297,13 @@ async def open_followups(
         doc = {c: r[c] for c in _columns(FollowupRow)}
         out[r["lead_id"]] = FollowupRow(**doc)
     return out
+
+
+def _followup_columns() -> str:
+    # Context is read as JSON text, so callers do not depend on a connection's codecs.
+    return ", ".join(
+        "context::text AS context" if c == "context" else c for c in _columns(FollowupRow)
+    )
 
 
 async def save_followups(conn: asyncpg.Connection, rows: Sequence[FollowupRow]) -> None:
@@ -384,13 +388,10 @@ async def sweep_candidates(
 
 async def flag_overdue(conn: asyncpg.Connection, *, now: datetime) -> list[FollowupRow]:
     """Mark open follow-ups past their due time as SLA breached (once); return them."""
-    select = ", ".join(
-        "context::text AS context" if c == "context" else c for c in _columns(FollowupRow)
-    )
     rows = await conn.fetch(
         f"""UPDATE followups SET sla_breached = true, version = version + 1, updated_at = $1
              WHERE status = 'open' AND NOT sla_breached AND due_at < $1
-         RETURNING {select}""",
+         RETURNING {_followup_columns()}""",
         now,
     )
     return [FollowupRow(**{c: r[c] for c in _columns(FollowupRow)}) for r in rows]

@@ -25,6 +25,22 @@ def _settings() -> Settings:
     return Settings()
 
 
+def _database(settings: Settings) -> str:
+    """The configured or embedded database, or a clear error for the operator."""
+    try:
+        return services.database_dsn(settings)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _endpoints(settings: Settings) -> services.Endpoints:
+    """The configured or embedded broker and database, or a clear error for the operator."""
+    try:
+        return services.endpoints(settings)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """leadcycle: scores leads from behaviour, keeps their lifecycle, recycles the lost ones and
@@ -42,22 +58,14 @@ def worker(loglevel: str | None) -> None:
     from workers.app import create_app
 
     settings = _settings()
-    try:
-        endpoints = services.endpoints(settings)
-    except ServiceError as exc:
-        raise click.ClickException(str(exc)) from exc
-    app = create_app(settings, endpoints)
+    app = create_app(settings, _endpoints(settings))
     faust.Worker(app, loglevel=loglevel or settings.log_level).execute_from_commandline()
 
 
 @main.command()
 def migrate() -> None:
     """Apply pending database migrations (safe to run any number of times)."""
-    settings = _settings()
-    try:
-        dsn = services.database_dsn(settings)
-    except ServiceError as exc:
-        raise click.ClickException(str(exc)) from exc
+    dsn = _database(_settings())
 
     async def run() -> list[str]:
         conn = await db.connect(dsn)
@@ -118,13 +126,6 @@ def schema(write: bool, root: Path) -> None:
     doc = root / "docs" / "contract.md"
     doc.write_text(splice_contract(doc.read_text()))
     click.echo(f"wrote {len(schemas)} schemas and {doc}")
-
-
-def _database(settings: Settings) -> str:
-    try:
-        return services.database_dsn(settings)
-    except ServiceError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 async def _with_conn(dsn: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -197,10 +198,7 @@ def sweep(at: str | None) -> None:
     from workers.sweeper import run_sweep_once
 
     settings = _settings()
-    try:
-        found = services.endpoints(settings)
-    except ServiceError as exc:
-        raise click.ClickException(str(exc)) from exc
+    found = _endpoints(settings)
     now = datetime.fromisoformat(at) if at else datetime.now(UTC)
     if now.tzinfo is None:
         raise click.BadParameter(

@@ -92,5 +92,5 @@ async def eventually(
                     f"worker died while waiting for {what}:\n{worker.log()[-4000:]}"
                 )
         await asyncio.sleep(interval)
-    logs = "".join(f"\n--- {w.log_path.name}\n{w.log()[-3000:]}" for w in workers)
+    logs = "".join(f"\n--- {w.log_path.name}\n{w.log()[-12000:]}" for w in workers)
     raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}{logs}")
