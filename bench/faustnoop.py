@@ -16,26 +16,20 @@ from typing import Any
 
 import faust
 
-from workers.app import faust_broker_url
+from workers.app import faust_options
 
 
 def create_app() -> faust.App:
     env = os.environ
     app = faust.App(
         env["BENCH_APP_ID"],
-        broker=faust_broker_url(env["BENCH_KAFKA_URL"]),
-        store="memory://",
-        value_serializer="raw",
-        key_serializer="raw",
-        processing_guarantee="at_least_once",
-        consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0,
-        broker_session_timeout=6,
-        broker_rebalance_timeout=6,
-        broker_heartbeat_interval=1.5,
-        topic_allow_declare=False,
-        web_enabled=False,
-        datadir=env["BENCH_STATE_DIR"],
+        # The worker's own Kafka settings: the baseline differs from it only in doing nothing.
+        **faust_options(
+            env["BENCH_KAFKA_URL"],
+            env["BENCH_STATE_DIR"],
+            topic_allow_declare=False,
+            web_enabled=False,
+        ),
     )
     inputs = app.topic(*env["BENCH_TOPICS"].split(","), key_type=bytes, value_type=bytes)
     expected = int(env["BENCH_EXPECTED"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from infra import db
 from infra.broker import start_broker, stop_broker
 from infra.postgres import drop_database, ensure_database, local_server_dsn
 from infra.processes import ServiceError, free_port
+from workers.process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 DATABASE = "leadcycle_bench"
@@ -98,42 +98,23 @@ def running_services() -> Iterator[Services]:
         say("stopped the broker, dropped the bench database, removed the state dir")
 
 
-class Worker:
-    """One ``leadcycle worker`` process, launched as tests/integration/workerproc.py does."""
+class Worker(WorkerProcess):
+    """One ``leadcycle worker`` process on the bench's services, with /proc readings."""
 
     def __init__(self, services: Services, *, app_id: str, prefix: str, **env: str) -> None:
-        self.log_path = services.state_dir / f"{app_id}-{time.monotonic_ns()}.log"
-        self.env = {
-            **os.environ,
-            "LEADCYCLE_KAFKA_URL": services.kafka_url,
-            "LEADCYCLE_DATABASE_URL": services.dsn,
-            "LEADCYCLE_APP_ID": app_id,
-            "LEADCYCLE_TOPIC_PREFIX": prefix,
-            "LEADCYCLE_STATE_DIR": str(services.state_dir / app_id),
-            # The sweep is not part of the ingest path; keep it out of the measured window.
-            "LEADCYCLE_SWEEP_INTERVAL": "3600",
-            **env,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Worker:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "workers.cli", "worker", "--loglevel", "info"],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        super().__init__(
+            services.state_dir / f"{app_id}-{time.monotonic_ns()}.log",
+            {
+                "LEADCYCLE_KAFKA_URL": services.kafka_url,
+                "LEADCYCLE_DATABASE_URL": services.dsn,
+                "LEADCYCLE_APP_ID": app_id,
+                "LEADCYCLE_TOPIC_PREFIX": prefix,
+                "LEADCYCLE_STATE_DIR": str(services.state_dir / app_id),
+                # The sweep is not part of the ingest path; keep it out of the measured window.
+                "LEADCYCLE_SWEEP_INTERVAL": "3600",
+                **env,
+            },
+        )
 
     def peak_rss_mb(self) -> float | None:
         """Peak resident set size (VmHWM) so far, read before the process is stopped."""
@@ -155,18 +136,8 @@ class Worker:
         # utime and stime are fields 14 and 15 of stat(5); the split starts at field 3.
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
     def tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
+        return self.log(chars)
 
 
 @dataclass(frozen=True)

@@ -104,28 +104,39 @@ class Runtime(Service):
         return len(claimed)
 
 
+def faust_options(kafka_url: str, datadir: str, **overrides: Any) -> dict[str, Any]:
+    """How every leadcycle faust app talks to Kafka (the worker, and the bench's baseline)."""
+    return {
+        "broker": faust_broker_url(kafka_url),
+        "store": "memory://",
+        "value_serializer": "raw",
+        "key_serializer": "raw",
+        # tansu has no idempotent producer: at-least-once + idempotent state updates instead.
+        "processing_guarantee": "at_least_once",
+        "consumer_auto_offset_reset": "earliest",
+        "broker_commit_interval": 1.0,
+        # Group joins take half the session timeout: keep it short (see docs/operations.md).
+        "broker_session_timeout": 6,
+        "broker_rebalance_timeout": 6,
+        "broker_heartbeat_interval": 1.5,
+        "producer_acks": -1,
+        "datadir": datadir,
+        **overrides,
+    }
+
+
 def create_app(settings: Settings, endpoints: Endpoints) -> faust.App:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
-        broker=faust_broker_url(endpoints.kafka_url),
-        store="memory://",
-        value_serializer="raw",
-        key_serializer="raw",
-        topic_partitions=settings.partitions,
-        topic_allow_declare=True,
-        # tansu has no idempotent producer: at-least-once + idempotent state updates instead.
-        processing_guarantee="at_least_once",
-        consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0,
-        # Group joins take half the session timeout: keep it short (see docs/operations.md).
-        broker_session_timeout=6,
-        broker_rebalance_timeout=6,
-        broker_heartbeat_interval=1.5,
-        producer_acks=-1,
-        web_enabled=settings.web_enabled,
-        web_port=settings.web_port,
-        datadir=str(settings.state_dir / "faust"),
+        **faust_options(
+            endpoints.kafka_url,
+            str(settings.state_dir / "faust"),
+            topic_partitions=settings.partitions,
+            topic_allow_declare=True,
+            web_enabled=settings.web_enabled,
+            web_port=settings.web_port,
+        ),
     )
     runtime = Runtime(app, settings, endpoints)
     # Added before the app starts, the runtime starts first (pool and topics ready before any

@@ -163,8 +163,11 @@ def calllist(rep: str | None, day: datetime | None, fmt: str, limit: int | None)
             ),
         )
     )
-    render = {"table": call_list_table, "json": call_list_json, "csv": call_list_csv}[fmt]
-    click.echo(render(entries).rstrip("\n"))
+    if fmt == "table":
+        text = call_list_table(entries, tz)
+    else:
+        text = call_list_json(entries) if fmt == "json" else call_list_csv(entries)
+    click.echo(text.rstrip("\n"))
 
 
 @main.command()

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import asyncpg
 
@@ -36,6 +33,7 @@ from infra.postgres import (
 from infra.processes import ServiceError, free_port
 from infra.settings import Settings
 from scoring.rules import load_rules
+from workers.process import WorkerProcess
 from workers.render import call_list_table
 from workers.report import summary_lines
 from workers.traffic import Message, TrafficSpec, generate
@@ -54,7 +52,7 @@ def run_demo(settings: Settings, *, leads: int, seed: int, timeout: float) -> in
         dsn = _database(settings, cleanup.callback)
         asyncio.run(_prepare(settings, kafka_url, dsn))
         worker = _start_worker(settings, kafka_url, dsn)
-        cleanup.callback(_stop_worker, worker)
+        cleanup.callback(worker.stop)
 
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         spec = TrafficSpec(
@@ -129,35 +127,15 @@ async def _prepare(settings: Settings, kafka_url: str, dsn: str) -> None:
     await ensure_contract_topics(kafka_url, settings.topics, settings.partitions)
 
 
-def _start_worker(settings: Settings, kafka_url: str, dsn: str) -> subprocess.Popen[bytes]:
-    log_path = settings.state_dir / "demo-worker.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+def _start_worker(settings: Settings, kafka_url: str, dsn: str) -> WorkerProcess:
     env = {
-        **os.environ,
         "LEADCYCLE_KAFKA_URL": kafka_url,
         "LEADCYCLE_DATABASE_URL": dsn,
         "LEADCYCLE_APP_ID": f"{settings.app_id}-demo",
     }
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "worker", "--loglevel", "info"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=Path.cwd(),
-        )
-    say(f"started the worker (pid {proc.pid}); log: {log_path}")
-    return proc
-
-
-def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    worker = WorkerProcess(settings.state_dir / "demo-worker.log", env).start()
+    say(f"started the worker (pid {worker.pid}); log: {worker.log_path}")
+    return worker
 
 
 async def _replay_timeline(
@@ -165,7 +143,7 @@ async def _replay_timeline(
     dsn: str,
     topics: TopicNames,
     messages: list[Message],
-    worker: subprocess.Popen[bytes],
+    worker: WorkerProcess,
     seconds: float,
     *,
     chunk_days: int,
@@ -186,7 +164,7 @@ async def _replay_timeline(
 
 
 async def _wait_processed(
-    dsn: str, events: int, invalid: int, worker: subprocess.Popen[bytes], seconds: float
+    dsn: str, events: int, invalid: int, worker: WorkerProcess, seconds: float
 ) -> None:
     conn = await asyncpg.connect(dsn)
     try:
@@ -198,8 +176,8 @@ async def _wait_processed(
             letters = await conn.fetchval("SELECT count(*) FROM dead_letters")
             if done >= events and letters >= invalid:
                 return
-            if worker.poll() is not None:
-                raise ServiceError(f"the worker exited with code {worker.returncode}")
+            if not worker.alive():
+                raise ServiceError(f"the worker exited; see {worker.log_path}")
             if time.monotonic() > deadline:
                 raise ServiceError(
                     f"timed out: {done}/{events} events and {letters}/{invalid} dead letters"
@@ -223,5 +201,5 @@ async def _summary(dsn: str, tz: str) -> list[str]:
         *lines,
         "",
         "== call list (open follow-ups, by due time then priority)",
-        call_list_table(entries),
+        call_list_table(entries, tz),
     ]

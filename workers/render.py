@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
+from zoneinfo import ZoneInfo
 
 from infra.calllist import CallListEntry
 
@@ -26,13 +27,15 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def call_list_table(entries: Sequence[CallListEntry]) -> str:
+def call_list_table(entries: Sequence[CallListEntry], tz: str = "UTC") -> str:
+    """A fixed-width table; due times in ``tz`` (the rule set's business time zone)."""
     if not entries:
         return "no open follow-ups"
+    zone = ZoneInfo(tz)
     header = "  ".join(name.ljust(w) for name, w in TABLE_COLUMNS)
     lines = [header, "-" * len(header)]
     for e in entries:
-        due = e.due_at.strftime("%Y-%m-%d %H:%M") + ("!" if e.sla_breached else "")
+        due = e.due_at.astimezone(zone).strftime("%Y-%m-%d %H:%M") + ("!" if e.sla_breached else "")
         who = " / ".join(x for x in (e.company, e.job_title) if x) or e.lead_id
         cells = (
             due,
@@ -48,7 +51,7 @@ def call_list_table(entries: Sequence[CallListEntry]) -> str:
         lines.append(
             "  ".join(_cut(c, w).ljust(w) for c, (_, w) in zip(cells, TABLE_COLUMNS, strict=True))
         )
-    lines.append(f"{len(entries)} open follow-ups ('!' = past due)")
+    lines.append(f"{len(entries)} open follow-ups; due times in {tz} ('!' = past due)")
     return "\n".join(lines)
 
 

@@ -139,7 +139,7 @@ def check_cli(sc: Scenario) -> None:
     assert len(csv_text.splitlines()) == 2
     table = leadcycle(sc, "calllist")
     assert "Fuji Seiki KK" in table
-    assert "1 open follow-ups" in table
+    assert "1 open follow-ups; due times in Asia/Tokyo" in table
     rep = lnb["assignee"]
     mine = json.loads(leadcycle(sc, "calllist", "--rep", rep, "--format", "json"))
     assert mine
