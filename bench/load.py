@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from events.topics import TopicNames
 from infra.kafka import ensure_topics, produce_all
-from workers.traffic import Message, TrafficSpec, generate
+from workers.traffic import Message, generate, recent_spec
 
 PARTITIONS = 4
 #: Journeys average ~11 messages a lead; the issue's mix is 500k events for 50k leads.
@@ -36,15 +36,7 @@ class Traffic:
 def make_traffic(*, leads: int, seed: int, events: int | None = None) -> Traffic:
     """Seeded realistic traffic ending today, ~1 % duplicates, ~0.5 % invalid, truncated to
     ``events`` messages when given (the tail of the window is cut, not a sample)."""
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    spec = TrafficSpec(
-        leads=leads,
-        seed=seed,
-        start=today - timedelta(days=60),
-        days=60,
-        duplicate_rate=0.01,
-        invalid_rate=0.005,
-    )
+    spec = recent_spec(leads=leads, seed=seed, now=datetime.now(UTC))
     messages = []
     for m in generate(spec):
         messages.append(m)

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -36,7 +36,7 @@ from scoring.rules import load_rules
 from workers.process import WorkerProcess
 from workers.render import call_list_table
 from workers.report import summary_lines
-from workers.traffic import Message, TrafficSpec, generate
+from workers.traffic import Message, generate, recent_spec
 
 DEMO_DATABASE = "leadcycle_demo"
 CHUNK_DAYS = 5
@@ -54,15 +54,7 @@ def run_demo(settings: Settings, *, leads: int, seed: int, timeout: float) -> in
         worker = _start_worker(settings, kafka_url, dsn)
         cleanup.callback(worker.stop)
 
-        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        spec = TrafficSpec(
-            leads=leads,
-            seed=seed,
-            start=today - timedelta(days=60),
-            days=60,
-            duplicate_rate=0.01,
-            invalid_rate=0.005,
-        )
+        spec = recent_spec(leads=leads, seed=seed, now=datetime.now(UTC))
         messages = list(generate(spec))
         topics = settings.topics
         valid_ids = {json.loads(m.value)["event_id"] for m in messages if m.valid}

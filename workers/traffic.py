@@ -497,6 +497,20 @@ def _broken(rng: random.Random, topic: str, doc: Payload, t: datetime) -> bytes:
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
+def recent_spec(*, leads: int, seed: int, now: datetime, days: int = 60) -> TrafficSpec:
+    """The demo's and the benchmark's traffic: ``days`` of journeys ending at ``now``'s
+    midnight (UTC), with ~1 % re-sent duplicates and ~0.5 % invalid messages."""
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return TrafficSpec(
+        leads=leads,
+        seed=seed,
+        start=today - timedelta(days=days),
+        days=days,
+        duplicate_rate=0.01,
+        invalid_rate=0.005,
+    )
+
+
 def generate(spec: TrafficSpec) -> Iterator[Message]:
     """Yield the stream lazily, in the order a broker would receive it (by event time)."""
     rng = random.Random(spec.seed)

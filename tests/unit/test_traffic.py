@@ -269,3 +269,13 @@ def test_a_start_in_another_zone_works_and_bad_specs_are_refused() -> None:
     with pytest.raises(ValueError, match="days"):
         TrafficSpec(days=0)
     assert list(generate(TrafficSpec(leads=0))) == []
+
+
+def test_recent_spec_ends_at_midnight_before_now() -> None:
+    from workers.traffic import recent_spec
+
+    now = datetime(2026, 11, 23, 15, 40, tzinfo=UTC)
+    spec = recent_spec(leads=10, seed=3, now=now)
+    assert spec.start == datetime(2026, 9, 24, tzinfo=UTC)
+    assert spec.start + timedelta(days=spec.days) == datetime(2026, 11, 23, tzinfo=UTC)
+    assert (spec.duplicate_rate, spec.invalid_rate) == (0.01, 0.005)
