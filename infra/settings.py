@@ -37,13 +37,16 @@ class Settings(BaseSettings):
     )
     topic_prefix: str = Field(default=DEFAULT_PREFIX, description="prefix of every topic name")
     partitions: int = Field(default=4, ge=1, description="partitions of topics leadcycle creates")
-    app_id: str = Field(default="leadcycle", description="faust app id = Kafka consumer group")
+    app_id: str = Field(
+        default="leadcycle",
+        description="consumer group of the input topics (faust's own app id: <app_id>-app)",
+    )
     rules_file: Path = Field(
         default=Path("rules/default.toml"), description="scoring rule set (TOML)"
     )
     batch_size: int = Field(default=2000, ge=1, description="max events per batch transaction")
     batch_within: float = Field(
-        default=0.25, gt=0, description="seconds to wait for a batch to fill"
+        default=0.25, gt=0, description="seconds a poll waits for input when none has arrived"
     )
     max_message_bytes: int = Field(
         default=64 * 1024, description="input messages larger than this are dead-lettered"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +17,7 @@ from infra.settings import Settings
 from infra.store import OutboxRecord
 from scoring.rules import load_rules
 from workers.bots import DEFAULT_BOT_PATTERN, BotFilter
+from workers.consumer import InputConsumer
 from workers.ingest import Incoming, Ingestor
 from workers.leads import Assignment, LeadProcessor
 from workers.sweeper import sweep_once
@@ -85,6 +85,8 @@ class Runtime(Service):
         )
 
     async def on_stop(self) -> None:
+        if self.ingestor is not None:
+            await self.ingestor.drain()
         if self.pool is not None:
             await self.pool.close()
 
@@ -128,7 +130,9 @@ def faust_options(kafka_url: str, datadir: str, **overrides: Any) -> dict[str, A
 def create_app(settings: Settings, endpoints: Endpoints) -> faust.App:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        settings.app_id,
+        # faust's own consumer group (timers, web, producer; it reads no topic of ours) must
+        # not be the input group: members of one group must speak one assignment protocol.
+        f"{settings.app_id}-app",
         **faust_options(
             endpoints.kafka_url,
             str(settings.state_dir / "faust"),
@@ -147,38 +151,32 @@ def create_app(settings: Settings, endpoints: Endpoints) -> faust.App:
 
         # faust starts a registered web server after recovery, instead of its own web stack.
         app.web_server(WebServer(web_context(settings, endpoints, lambda: runtime.pool)))
-    prefix = settings.topic_prefix
-    inputs = app.topic(*settings.topics.inputs(), key_type=bytes, value_type=bytes)
 
-    @app.agent(inputs, name="ingest")
-    async def ingest(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
-            batch = [
-                Incoming(
-                    topic=e.message.topic.removeprefix(prefix),
-                    partition=e.message.partition,
-                    offset=e.message.offset,
-                    key=e.message.key,
-                    value=e.message.value,
-                )
-                for e in events
-            ]
-            assert runtime.ingestor is not None
-            try:
-                report = await runtime.ingestor.handle(batch)
-            except BaseException:
-                # faust acks a batch whose body raised. A batch that was not committed must
-                # not be acked: stop hard so it is redelivered to whoever owns it next.
-                log.critical("unhandled error in a batch; exiting without ack", exc_info=True)
-                os._exit(70)
-            log.info(
-                "batch: %d received, %d new, %d duplicate, %d bot, %d dead-lettered",
-                report.received,
-                report.new_events,
-                report.duplicates,
-                report.bots,
-                report.dead_letters,
-            )
+    async def ingest(batch: Sequence[Incoming]) -> None:
+        assert runtime.ingestor is not None
+        report = await runtime.ingestor.handle(batch)
+        log.info(
+            "batch: %d received, %d new, %d duplicate, %d bot, %d dead-lettered",
+            report.received,
+            report.new_events,
+            report.duplicates,
+            report.bots,
+            report.dead_letters,
+        )
+
+    # The input topics are read by a batched consumer-group member, not a faust agent
+    # (workers/consumer.py says why). It starts after the runtime and stops before it.
+    app.add_dependency(
+        InputConsumer(
+            bootstrap=endpoints.kafka_url,
+            group_id=settings.app_id,
+            topics=settings.topics.inputs(),
+            prefix=settings.topic_prefix,
+            handle=ingest,
+            batch_size=settings.batch_size,
+            poll_wait=settings.batch_within,
+        )
+    )
 
     @app.timer(interval=RELAY_AFTER_SECONDS)
     async def relay() -> None:

@@ -13,11 +13,23 @@ DEFAULT_BOT_PATTERN = (
 )
 
 
+#: User agents remembered per filter; traffic repeats a few hundred distinct ones.
+CACHE_SIZE = 4096
+
+
 class BotFilter:
     """Case-insensitive user-agent match against one configurable pattern."""
 
     def __init__(self, pattern: str = DEFAULT_BOT_PATTERN) -> None:
         self._regex = re.compile(pattern, re.IGNORECASE)
+        self._seen: dict[str, bool] = {}
 
     def is_bot(self, user_agent: str | None) -> bool:
-        return user_agent is not None and self._regex.search(user_agent) is not None
+        if user_agent is None:
+            return False
+        known = self._seen.get(user_agent)
+        if known is None:
+            if len(self._seen) >= CACHE_SIZE:
+                self._seen.clear()
+            known = self._seen[user_agent] = self._regex.search(user_agent) is not None
+        return known

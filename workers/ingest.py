@@ -110,6 +110,8 @@ class Ingestor:
         self.apply = apply
         self.clock = clock
         self.max_backoff = max_backoff
+        #: The previous batch's publish, still running while this batch is processed.
+        self._publishing: asyncio.Future[None] | None = None
 
     async def handle(self, batch: Sequence[Incoming]) -> BatchReport:
         report = BatchReport(received=len(batch))
@@ -148,7 +150,20 @@ class Ingestor:
                 log.warning("database unavailable (%r); retrying the batch in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
-        await self.publish_committed(ids, records)
+        await self._publish_behind(ids, records)
+
+    async def _publish_behind(self, ids: list[int], records: list[OutboxRecord]) -> None:
+        """Publish a committed batch's outputs while the next batch is processed: one publish
+        in flight at a time, so outputs leave in batch order and memory stays bounded."""
+        await self.drain()
+        if records:
+            self._publishing = asyncio.ensure_future(self.publish_committed(ids, records))
+
+    async def drain(self) -> None:
+        """Wait for the publish in flight (it never raises: failures are left to the relay)."""
+        if self._publishing is not None:
+            publishing, self._publishing = self._publishing, None
+            await publishing
 
     async def _commit(
         self,
@@ -233,7 +248,8 @@ class Ingestor:
             occurred_at=event.occurred_at,
             disposition=disposition,
             source=msg.position,
-            payload=event.model_dump_json(exclude_unset=True),
+            # The message as received: decode() proved it valid UTF-8 JSON of this model.
+            payload=msg.value.decode("utf-8") if msg.value else event.model_dump_json(),
         )
 
     def _dead_letter(

@@ -27,7 +27,7 @@ from scoring.decision import Decision, FollowupDecision
 from scoring.engine import apply, stitch, sweep
 from scoring.ledger import LedgerEntry
 from scoring.rules import RuleSet
-from scoring.scores import behaviour_score, priority
+from scoring.scores import behaviour_score, weigh
 from scoring.state import ANON_PREFIX, LeadState
 
 
@@ -221,6 +221,7 @@ class LeadProcessor:
 
     def _row(self, t: _Touched, now: datetime) -> LeadRow:
         s, p = t.state, t.state.profile
+        behaviour = behaviour_score(s, now, self.rules)
         return LeadRow(
             lead_id=s.lead_id,
             anonymous=s.anonymous,
@@ -237,8 +238,8 @@ class LeadProcessor:
             stage_since=s.stage_since,
             fit_score=s.fit_score,
             grade=s.fit_grade,
-            behaviour_score=behaviour_score(s, now, self.rules),
-            priority=priority(s, now, self.rules),
+            behaviour_score=behaviour,
+            priority=weigh(s.fit_score, behaviour, self.rules),
             scored_at=now,
             excluded=s.excluded,
             exclusion_reason=s.exclusion_reason,
@@ -250,6 +251,7 @@ class LeadProcessor:
         self, s: LeadState, entries: list[LedgerEntry], now: datetime
     ) -> OutboxRecord:
         digest = hashlib.sha256("|".join(e.entry_id for e in entries).encode()).hexdigest()[:16]
+        behaviour = behaviour_score(s, now, self.rules)
         msg = ScoreChanged(
             message_id=f"{s.lead_id}:{digest}",
             lead_id=s.lead_id,
@@ -257,8 +259,8 @@ class LeadProcessor:
             scored_at=now,
             fit_score=s.fit_score,
             grade=s.fit_grade,
-            behaviour_score=behaviour_score(s, now, self.rules),
-            priority=priority(s, now, self.rules),
+            behaviour_score=behaviour,
+            priority=weigh(s.fit_score, behaviour, self.rules),
             stage=s.stage,
             entries=[
                 ScoreEntry(

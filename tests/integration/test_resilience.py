@@ -160,6 +160,39 @@ async def test_broker_restart_between_halves(services: RunningServices) -> None:
         await drop_database(services.server_dsn, sc.name)
 
 
+async def test_broker_restart_with_the_worker_running(services: RunningServices) -> None:
+    """The memory broker restarts mid-run and the worker is left running: it rejoins, finds
+    the topics gone, recreates them (relay timer), reads the new log from its start and the
+    result equals one uninterrupted run."""
+    port = free_port()
+    broker = start_broker(services.state_dir / f"broker-{port}", port)
+    sc = await make_scenario(replace(services, kafka_url=broker.url), "restart_live")
+    messages = stream(leads=600, seed=24)
+    half = len(messages) // 2
+    worker = worker_for(sc, "w").start()
+    try:
+        await publish(sc, messages[:half])
+        await wait_done(sc, messages[:half], (worker,))
+        stop_broker(broker.pid)  # memory store: every topic, offset and group is gone
+        broker = start_broker(services.state_dir / f"broker-{port}", port)
+        await eventually(
+            lambda: _topics_exist(broker.url, sc),
+            seconds=60,
+            what="the running worker to recreate the topics",
+            workers=(worker,),
+        )
+        await publish(sc, messages[half:])
+        await wait_done(sc, messages, (worker,))
+        assert worker.alive(), "the worker did not survive the restart"
+    finally:
+        worker.stop()
+        stop_broker(broker.pid)
+    try:
+        assert_matches_oracle(messages, await stored_states(sc.dsn))
+    finally:
+        await drop_database(services.server_dsn, sc.name)
+
+
 async def _topics_exist(kafka_url: str, sc: Scenario) -> bool:
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_url)
     await admin.start()
