@@ -115,7 +115,8 @@ def render(r: dict[str, Any]) -> str:
         f"(p50 / p99 / p99.9 / max, {lat['observed']:,} events) | {_n(lat['p50_ms'])} / "
         f"{_n(lat['p99_ms'])} / {_n(lat['p999_ms'])} / {_n(lat['max_ms'])} ms |",
         f"| replay: rescore {rep['events']:,} logged events under a new rule version "
-        f"(pure core, in memory) | {_n(rep['rate'])} events/s ({rep['seconds']:.1f} s) |",
+        f"(`leadcycle replay --dry-run` path: read, decode, fold) | {_n(rep['rate'])} "
+        f"events/s ({rep['seconds']:.1f} s) |",
         f"| broker delivery of a lone message, consumer `fetch_max_wait_ms` 1500 (faust's) / "
         f"500 (aiokafka's default) | {_fetch(r)} ms |",
         f"| call list, all {cl['followups']:,} open follow-ups | {_n(cl['all_ms'])} ms |",

@@ -218,6 +218,42 @@ def sweep(at: str | None) -> None:
 
 
 @main.command()
+@click.option(
+    "--rules",
+    "rules_file",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="rule set to rescore with (default: LEADCYCLE_RULES_FILE)",
+)
+@click.option("--dry-run", is_flag=True, help="report what would change; write nothing")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def replay(rules_file: Path | None, dry_run: bool, fmt: str) -> None:
+    """Rescore every lead from the event log under a rule set (progress on stderr).
+
+    Replaces each lead's scores, score columns and ledger with the replayed ones (old ledger
+    entries move to score_ledger_history); stages, history, recycling, BANT and follow-ups stay
+    as the worker decided them. Publishes nothing. Safe with workers running (docs/operations.md).
+    """
+    from scoring.errors import RulesError
+    from scoring.rules import load_rules
+    from workers.replay import ReplayConflict, render_report, run_replay
+
+    settings = _settings()
+    try:
+        current = load_rules(settings.rules_file)
+        rules = load_rules(rules_file) if rules_file else current
+    except RulesError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        report = run_replay(
+            _database(settings), rules, current=current, now=datetime.now(UTC), dry_run=dry_run
+        )
+    except ReplayConflict as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(render_report(report, fmt))
+
+
+@main.command()
 @click.option("--leads", default=300, show_default=True, help="how many leads' journeys")
 @click.option("--seed", default=7, show_default=True, help="random seed (same seed, same run)")
 @click.option("--timeout", default=180.0, show_default=True, help="seconds to wait for the worker")

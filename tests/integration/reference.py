@@ -1,7 +1,7 @@
 """What the pure core says a stream should produce: the oracle for crash and scale tests.
 
-Folds ``scoring.engine.apply`` (and ``stitch`` on identify) over the valid, non-bot, distinct
-events of a stream in stream order, resolving anonymous visitors exactly as the contract says.
+Folds the valid, non-bot, distinct events of a stream in stream order with ``scoring.fold.Fold``
+(the fold ``leadcycle replay`` runs: ``apply``, ``stitch`` on identify, anonymous links).
 Fit and behaviour scores do not depend on the order events are applied in, so they must equal
 what the worker stored, however it was interrupted or split across processes.
 """
@@ -10,59 +10,45 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 import asyncpg
 
 from events import BehaviourTracked, Rejection, decode
-from scoring.engine import apply, stitch
+from scoring.fold import Fold
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score
-from scoring.state import ANON_PREFIX, LeadState
+from scoring.state import LeadState
 from workers.bots import BotFilter
 
 
 def expected_states(
-    messages: Iterable[tuple[str, bytes]], rules: RuleSet, *, now: datetime
+    messages: Iterable[tuple[str, bytes]],
+    rules: RuleSet,
+    *,
+    now: datetime,
+    assigned: Mapping[str, str] | None = None,
 ) -> dict[str, LeadState]:
-    """``(topic suffix, value)`` in stream order -> final state of every known lead."""
+    """``(topic suffix, value)`` in stream order -> final state of every known lead.
+
+    ``assigned``: event id -> lead for identify events without a lead id that the worker sent
+    to the lead with that email (see ``scoring.fold.Fold``).
+    """
     bots = BotFilter()
-    states: dict[str, LeadState] = {}
-    links: dict[str, str] = {}
-    history: dict[str, list[BehaviourTracked]] = defaultdict(list)
+    fold = Fold(rules, now=now, assigned=assigned)
     seen: set[str] = set()
     for topic, value in messages:
         event = decode(topic, value, max_bytes=64 * 1024)
         if isinstance(event, Rejection) or event.event_id in seen:
             continue
         seen.add(event.event_id)
-        if isinstance(event, BehaviourTracked):
-            if bots.is_bot(event.context.user_agent if event.context else None):
-                continue
-            if event.lead_id:
-                subject = event.lead_id
-            elif event.type == "identify" and event.email:
-                subject = f"email:{event.email}"
-            else:
-                assert event.anonymous_id is not None
-                subject = links.get(event.anonymous_id, f"{ANON_PREFIX}{event.anonymous_id}")
-        else:
-            subject = event.lead_id
-        state = states.get(subject) or LeadState.new(subject, now=now)
-        if isinstance(event, BehaviourTracked) and event.type == "identify" and event.anonymous_id:
-            anon_subject = f"{ANON_PREFIX}{event.anonymous_id}"
-            links.setdefault(event.anonymous_id, subject)
-            if anon_subject in states and not state.anonymous:
-                state = stitch(
-                    state, states.pop(anon_subject), history.pop(anon_subject, []), rules, now=now
-                ).state
-        state = apply(state, event, rules, now=now).state
-        states[subject] = state
-        if isinstance(event, BehaviourTracked) and subject.startswith(ANON_PREFIX):
-            history[subject].append(event)
-    return {k: v for k, v in states.items() if not v.anonymous}
+        if isinstance(event, BehaviourTracked) and bots.is_bot(
+            event.context.user_agent if event.context else None
+        ):
+            continue
+        fold.add(event)
+    return fold.leads()
 
 
 async def stored_states(dsn: str) -> dict[str, LeadState]:
