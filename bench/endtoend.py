@@ -69,6 +69,7 @@ def run_leadcycle(
                 letters=traffic.invalid,
                 workers=workers,
                 seconds=seconds,
+                steady=processes > 1,
             )
         )
         profile = sampler.stop() if sampler is not None else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -139,6 +140,11 @@ class Worker(WorkerProcess):
     def tail(self, chars: int = 3000) -> str:
         return self.log(chars)
 
+    def owns_partitions(self) -> bool:
+        """Whether the worker's latest assignment (workers/consumer.py logs each) is not empty."""
+        assigned = re.findall(r"partitions assigned: (.*)", self.log())
+        return bool(assigned) and assigned[-1].strip() != "none"
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -160,10 +166,17 @@ class Progress:
 
 
 async def wait_committed(
-    dsn: str, *, events: int, letters: int, workers: list[Worker], seconds: float
+    dsn: str,
+    *,
+    events: int,
+    letters: int,
+    workers: list[Worker],
+    seconds: float,
+    steady: bool = False,
 ) -> Progress:
     """Poll event_log + dead_letters until they hold the expected totals (never end offsets:
-    tansu reports wrong ones, see shared/notes/stack.md)."""
+    tansu reports wrong ones, see shared/notes/stack.md). With ``steady``, the clock starts
+    only once every worker owns partitions (the group's start-up rebalances are over)."""
     conn = await asyncpg.connect(dsn)
     deadline = time.monotonic() + seconds
     first: tuple[float, int] | None = None
@@ -174,7 +187,7 @@ async def wait_committed(
                 "SELECT (SELECT count(*) FROM event_log) + (SELECT count(*) FROM dead_letters)"
             )
             now = time.monotonic()
-            if n and first is None:
+            if n and first is None and (not steady or all(w.owns_partitions() for w in workers)):
                 first = (now, n)
             if n >= target:
                 assert first is not None
