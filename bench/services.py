@@ -22,7 +22,7 @@ import asyncpg
 
 from infra import db
 from infra.broker import start_broker, stop_broker
-from infra.postgres import drop_database, ensure_database, local_server_dsn
+from infra.postgres import drop_database, local_server_dsn
 from infra.processes import ServiceError, free_port
 from workers.process import WorkerProcess
 
@@ -53,14 +53,7 @@ class Services:
 
 
 async def _recreate(server_dsn: str) -> str:
-    await drop_database(server_dsn, DATABASE)
-    dsn = await ensure_database(server_dsn, DATABASE)
-    conn = await db.connect(dsn)
-    try:
-        await db.migrate(conn)
-    finally:
-        await conn.close()
-    return dsn
+    return await db.migrated_database(server_dsn, DATABASE, fresh=True)
 
 
 def machine_busy_seconds() -> float:

@@ -69,6 +69,10 @@ def decode(topic: str, raw: bytes | None, *, max_bytes: int) -> InputEvent | Rej
         return Rejection(
             "invalid_json", f"invalid JSON: {exc.msg} at line {exc.lineno} col {exc.colno}"
         )
+    except RecursionError:
+        return Rejection("invalid_json", "invalid JSON: nested too deeply")
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        return Rejection("invalid_json", f"invalid JSON: {str(exc)[:200]}")
     if not isinstance(doc, dict):
         return Rejection("schema", f"(message): expected a JSON object, got {type(doc).__name__}")
     kind = doc.get("type")

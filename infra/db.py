@@ -14,6 +14,8 @@ from typing import Any
 
 import asyncpg
 
+from infra.postgres import drop_database, ensure_database
+
 _MIGRATION_LOCK = 0x1EADC7C1  # arbitrary, stable advisory lock id
 
 
@@ -78,3 +80,16 @@ async def create_pool(dsn: str, *, size: int = 4) -> asyncpg.Pool:
         dsn, min_size=1, max_size=size, init=_init_connection, command_timeout=60
     )
     return pool
+
+
+async def migrated_database(server_dsn: str, name: str, *, fresh: bool = False) -> str:
+    """Database ``name`` on the server (dropped first if ``fresh``), migrated; its DSN."""
+    if fresh:
+        await drop_database(server_dsn, name)
+    dsn = await ensure_database(server_dsn, name)
+    conn = await connect(dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return dsn

@@ -21,7 +21,6 @@ from infra import db
 from infra.broker import start_broker, stop_broker
 from infra.postgres import (
     drop_database,
-    ensure_database,
     local_server_dsn,
     start_private_cluster,
     stop_private_cluster,
@@ -74,12 +73,6 @@ async def services(
     kafka_url: str, server_dsn: str, state_dir: Path
 ) -> AsyncIterator[RunningServices]:
     name = f"leadcycle_test_{os.getpid()}"
-    await drop_database(server_dsn, name)
-    dsn = await ensure_database(server_dsn, name)
-    conn = await db.connect(dsn)
-    try:
-        await db.migrate(conn)
-    finally:
-        await conn.close()
+    dsn = await db.migrated_database(server_dsn, name, fresh=True)
     yield RunningServices(kafka_url, server_dsn, dsn, state_dir)
     await drop_database(server_dsn, name)

@@ -100,7 +100,7 @@ class Ingestor:
         bots: BotFilter | None = None,
         apply: Apply = _no_apply,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        max_backoff: float = 30.0,
+        max_backoff: float = 5.0,
     ) -> None:
         self.pool = pool
         self.topics = topics
@@ -118,7 +118,13 @@ class Ingestor:
         accepted: list[tuple[Incoming, InputEvent]] = []
         rejected: list[tuple[Incoming, Rejection]] = []
         for msg in batch:
-            result = decode(msg.topic, msg.value, max_bytes=self.max_message_bytes)
+            try:
+                result = decode(msg.topic, msg.value, max_bytes=self.max_message_bytes)
+            except Exception as exc:
+                # decode() rejects what it knows to be bad; anything else it raises on is a
+                # bug there, and must cost this one message, not the batch or the worker.
+                log.exception("decoding %s raised; dead-lettering it", msg.position)
+                result = Rejection("processing_error", f"{type(exc).__name__}: {exc}"[:1000])
             if isinstance(result, Rejection):
                 rejected.append((msg, result))
             else:

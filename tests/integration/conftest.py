@@ -11,7 +11,7 @@ import pytest
 from events.topics import TopicNames
 from infra import db
 from infra.kafka import ensure_contract_topics
-from infra.postgres import drop_database, ensure_database
+from infra.postgres import drop_database
 from tests.conftest import RunningServices
 
 
@@ -30,12 +30,7 @@ class Scenario:
 
 async def make_scenario(services: RunningServices, label: str) -> Scenario:
     name = f"lc_{label}_{uuid.uuid4().hex[:8]}"
-    dsn = await ensure_database(services.server_dsn, name)
-    conn = await db.connect(dsn)
-    try:
-        await db.migrate(conn)
-    finally:
-        await conn.close()
+    dsn = await db.migrated_database(services.server_dsn, name)
     topics = TopicNames(f"{name}.")
     await ensure_contract_topics(services.kafka_url, topics, 4)
     return Scenario(replace(services, database_dsn=dsn), name, topics)

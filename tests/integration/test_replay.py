@@ -3,7 +3,7 @@
 A worker processes a generated stream (anonymous visitors, identifies, profiles, outcomes,
 recycling, follow-ups) and stops; the replay then rescores everything under a copy of the
 sample rules with a new version and 1.5x points. The oracle is the pure fold of the same stream
-under the new rules (tests/integration/reference.py).
+under the new rules (bench/oracle.py).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import Any
 import asyncpg
 import pytest
 
+from bench.oracle import expected_states, score_mismatches, stored_states
 from infra import db
 from scoring.rules import RuleSet, load_rules
 from scoring.state import LeadState
 from tests.integration.conftest import Scenario
 from tests.integration.kafkatools import produce_all
-from tests.integration.reference import expected_states, score_mismatches, stored_states
 from tests.integration.workerproc import WorkerProcess, eventually
 from workers.explain import explain_lead
 from workers.replay import ReplayConflict, replay

@@ -1,6 +1,6 @@
 """Crashes, broker restarts, poison and scale-out: nothing lost, nothing counted twice.
 
-The oracle is the pure core folded over the same stream (tests/integration/reference.py):
+The oracle is the pure core folded over the same stream (bench/oracle.py):
 fit and behaviour scores do not depend on the order or batching of events, so every lead's
 stored scores and applied events must equal it exactly, however the worker was interrupted.
 """
@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from bench.oracle import expected_states, score_mismatches, stored_states
 from infra.broker import start_broker, stop_broker
 from infra.postgres import drop_database
 from infra.processes import free_port
@@ -24,7 +25,6 @@ from scoring.rules import load_rules
 from tests.conftest import RunningServices
 from tests.integration.conftest import Scenario, make_scenario
 from tests.integration.kafkatools import produce_all
-from tests.integration.reference import expected_states, score_mismatches, stored_states
 from tests.integration.workerproc import WorkerProcess, eventually
 from workers.traffic import Message, TrafficSpec, generate
 

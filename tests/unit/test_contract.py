@@ -219,6 +219,21 @@ def test_decode_rejects_with_reason(topic: str, value: bytes, reason: str, menti
     assert mentions in result.error
 
 
+@pytest.mark.parametrize(
+    ("value", "mentions"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"n": ' + b"9" * 5000 + b"}", "digits"),
+    ],
+)
+def test_decode_rejects_what_json_loads_raises_on(value: bytes, mentions: str) -> None:
+    """json.loads raises RecursionError / ValueError, not JSONDecodeError, on these."""
+    result = decode("events", value, max_bytes=1_000_000)
+    assert isinstance(result, Rejection)
+    assert result.reason == "invalid_json"
+    assert mentions in result.error
+
+
 def test_decode_accepts_each_topic() -> None:
     assert isinstance(decode("events", raw(behaviour()), max_bytes=10_000), BehaviourTracked)
     assert isinstance(decode("profiles", raw(profile()), max_bytes=10_000), ProfileUpdated)

@@ -1,4 +1,5 @@
-"""What the pure core says a stream should produce: the oracle for crash and scale tests.
+"""What the pure core says a stream should produce: the oracle for crash and scale tests
+and the fault drills (`./run drills`).
 
 Folds the valid, non-bot, distinct events of a stream in stream order with ``scoring.fold.Fold``
 (the fold ``leadcycle replay`` runs: ``apply``, ``stitch`` on identify, anonymous links).
