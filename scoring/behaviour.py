@@ -11,14 +11,15 @@ therefore depends only on which events fell into it, never on their arrival orde
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from events.tracking import BehaviourTracked
-from scoring.decay import newest
+from scoring.decay import DecayGroup, newest
+from scoring.memo import memo_for
 from scoring.rules import Behaviour, BehaviourRule, Calendar, RuleSet
-from scoring.state import Activity, LeadState
+from scoring.state import Activity
 
 #: Windows are aligned to a Monday, so 7-day windows are ISO weeks (Monday to Sunday).
 _EPOCH = date(1970, 1, 5).toordinal()
@@ -30,9 +31,10 @@ def matches(rule: BehaviourRule, event: BehaviourTracked) -> bool:
     if rule.event != event.type:
         return False
     props = event.properties
-    url = (props.url or "").casefold()
-    if rule.url_contains and not any(p.casefold() in url for p in rule.url_contains):
-        return False
+    if rule.url_contains:
+        url = (props.url or "").casefold()
+        if not any(p.casefold() in url for p in rule.url_contains):
+            return False
     if rule.url_regex is not None and not re.search(rule.url_regex, props.url or ""):
         return False
     if rule.content_ids and props.content_id not in rule.content_ids:
@@ -43,12 +45,21 @@ def matches(rule: BehaviourRule, event: BehaviourTracked) -> bool:
 
 
 def matching_rules(event: BehaviourTracked, behaviour: Behaviour) -> list[BehaviourRule]:
-    """Every rule that applies to ``event``, in file order."""
-    return [r for r in behaviour.rules if matches(r, event)]
+    """Every rule that applies to ``event``, in file order.
+
+    Memoised per rule set on what :func:`matches` looks at (type, URL, content, form and
+    campaign ids): a site has a bounded set of pages and assets, visited over and over.
+    """
+    props = event.properties
+    key = (event.type, props.url, props.content_id, props.form_id, props.campaign)
+    table = memo_for(behaviour, "matching_rules")
+    found: tuple[BehaviourRule, ...] | None = table.get(key)
+    if found is None:
+        found = table[key] = tuple(r for r in behaviour.rules if matches(r, event))
+    return list(found)
 
 
-@dataclass(frozen=True)
-class Credit:
+class Credit(NamedTuple):
     """What one rule credits for one event."""
 
     rule: BehaviourRule
@@ -75,37 +86,55 @@ def credit(
     if rule.cap is None:
         return Credit(rule, rule.points, rule.points, event.occurred_at, half_life)
     start = window_start(event.occurred_at, rule.cap_window_days, rules.calendar)
-    key = f"{rule.id}@{start.isoformat()}"
+    windows = memo_for(rules, "cap_window_keys")
+    window = windows.get((rule.id, start))
+    if window is None:
+        anchor = datetime.combine(start, time(0), rules.calendar.zone)
+        window = windows[(rule.id, start)] = (f"{rule.id}@{start.isoformat()}", anchor)
+    key, anchor = window
     raw, credited = caps.get(key, (0.0, 0.0))
     raw += rule.points
     now_credited = max(-rule.cap, min(rule.cap, raw))
     caps[key] = (raw, now_credited)
-    anchor = datetime.combine(start, time(0), rules.calendar.zone)
     return Credit(rule, rule.points, now_credited - credited, anchor, half_life)
 
 
 def prune_caps(
-    caps: dict[str, tuple[float, float]], state: LeadState, rules: RuleSet
+    caps: dict[str, tuple[float, float]], decay: tuple[DecayGroup, ...], rules: RuleSet
 ) -> dict[str, tuple[float, float]]:
-    """``caps`` without windows too old to matter (older than ``forget_after_half_lives``).
+    """``caps`` without windows too old to matter (older than ``forget_after_half_lives``
+    half-lives before the newest anchor of ``decay``), sorted by key.
 
     A late event landing in a pruned window is credited again up to the cap, but its worth is
     below ``cap * 2 ** -forget_after_half_lives`` of the cap: the bound on order-dependence.
     """
-    ref = newest(state.decay)
+    ref = newest(decay)
     if ref is None:
         return caps
-    by_id = {r.id: r for r in rules.behaviour.rules}
+    windows = memo_for(rules, "cap_windows")
+    cutoffs: dict[timedelta, datetime] = {}  # ref - horizon, per horizon
     keep = {}
     for key, value in caps.items():
-        rule_id, _, day = key.rpartition("@")
-        rule = by_id.get(rule_id)
-        half_life = rules.behaviour.half_life(rule) if rule else rules.behaviour.half_life_days
-        horizon = timedelta(days=half_life * rules.behaviour.forget_after_half_lives)
-        start = datetime.combine(date.fromisoformat(day), time(0), rules.calendar.zone)
-        if start >= ref - horizon:
+        window = windows.get(key)
+        if window is None:
+            window = windows[key] = _cap_window(key, rules)
+        start, horizon = window
+        cutoff = cutoffs.get(horizon)
+        if cutoff is None:
+            cutoff = cutoffs[horizon] = ref - horizon
+        if start >= cutoff:
             keep[key] = value
     return dict(sorted(keep.items()))
+
+
+def _cap_window(key: str, rules: RuleSet) -> tuple[datetime, timedelta]:
+    """The start of the cap window ``key`` and how long after it the window is kept."""
+    rule_id, _, day = key.rpartition("@")
+    rule = next((r for r in rules.behaviour.rules if r.id == rule_id), None)
+    half_life = rules.behaviour.half_life(rule) if rule else rules.behaviour.half_life_days
+    horizon = timedelta(days=half_life * rules.behaviour.forget_after_half_lives)
+    start = datetime.combine(date.fromisoformat(day), time(0), rules.calendar.zone)
+    return start, horizon
 
 
 def label(event: BehaviourTracked) -> str | None:
@@ -130,5 +159,8 @@ def remember(
         label=label(event),
         points=points,
     )
+    if not activities or (item.at, item.event_id) > (activities[0].at, activities[0].event_id):
+        # The usual case: the newest event so far goes first (``activities`` is kept sorted).
+        return (item, *activities)[:keep]
     ordered = sorted((*activities, item), key=lambda a: (a.at, a.event_id), reverse=True)
     return tuple(ordered[:keep])

@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from datetime import datetime
+from operator import attrgetter
 
 from pydantic import BaseModel, ConfigDict
 
 _SECONDS_PER_DAY = 86_400.0
+_HALF_LIFE = attrgetter("half_life_days")
 
 
 class DecayGroup(BaseModel):
@@ -62,12 +64,39 @@ def add(
             out.append(DecayGroup(half_life_days=half_life_days, ref=group.ref, value=value))
     if not found:
         out.append(DecayGroup(half_life_days=half_life_days, ref=anchor, value=points))
-    return tuple(sorted(out, key=lambda g: g.half_life_days))
+    out.sort(key=_HALF_LIFE)
+    return tuple(out)
 
 
 def read(groups: Iterable[DecayGroup], at: datetime) -> float:
-    """The total worth of ``groups`` at ``at``."""
+    """The total worth of ``groups`` at ``at``.
+
+    Readings of tuples are remembered by the identity of the tuple and of ``at``: one event
+    reads the same groups at the same ``now`` several times (its ledger entries, the MQL
+    check, the worker's stored scores), and a lead's next event in the same batch starts from
+    them again. Both are immutable and kept referenced while remembered, so an id is never
+    reused; ``at`` must be the very same object, as equal datetimes in different time zones
+    may subtract differently.
+    """
+    if not isinstance(groups, tuple):
+        return _read(groups, at)
+    key = id(groups)
+    last = _READINGS.get(key)
+    if last is not None and last[0] is groups and last[1] is at:
+        return last[2]
+    value = _read(groups, at)
+    if len(_READINGS) >= _MAX_READINGS:
+        _READINGS.clear()
+    _READINGS[key] = (groups, at, value)
+    return value
+
+
+def _read(groups: Iterable[DecayGroup], at: datetime) -> float:
     return math.fsum(g.value * factor(at, g.ref, g.half_life_days) for g in groups)
+
+
+_MAX_READINGS = 10_000
+_READINGS: dict[int, tuple[tuple[DecayGroup, ...], datetime, float]] = {}
 
 
 def worth(
@@ -75,6 +104,14 @@ def worth(
 ) -> float:
     """What one contribution adds to a reading at ``at`` of a group whose newest anchor is ref."""
     return points * factor(max(at, ref), anchor, half_life_days)
+
+
+def newest_of(groups: Iterable[DecayGroup], half_life_days: float) -> datetime | None:
+    """The newest anchor of the group with ``half_life_days`` (None when there is none)."""
+    for group in groups:
+        if group.half_life_days == half_life_days:
+            return group.ref
+    return None
 
 
 def newest(groups: Iterable[DecayGroup]) -> datetime | None:

@@ -98,9 +98,13 @@ class Decision:
 
 @dataclass
 class Draft:
-    """A decision being built: the working state plus everything decided so far."""
+    """A decision being built: the working state plus everything decided so far.
 
-    state: LeadState
+    Changes to the state are collected by :meth:`update` and applied when the state is next
+    read, so that a run of updates costs one copy of the (frozen) state, not one each.
+    """
+
+    original: LeadState
     rules: RuleSet
     now: datetime
     event_id: str | None = None
@@ -109,14 +113,23 @@ class Draft:
     recycle: RecycleDecision | None = None
     followup: FollowupDecision | None = None
     close_followup: bool = False
-    original: LeadState = field(init=False)
+    _state: LeadState = field(init=False)
+    _pending: dict[str, Any] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.original = self.state
+        self._state = self.original
+
+    @property
+    def state(self) -> LeadState:
+        """The working state, with every update so far."""
+        if self._pending:
+            self._state = self._state.replaced(self._pending)
+            self._pending = {}
+        return self._state
 
     def update(self, **changes: Any) -> None:
         """Replace fields of the working state."""
-        self.state = self.state.model_copy(update=changes)
+        self._pending.update(changes)
 
     def move(self, to: Stage, *, at: datetime, reason: str) -> None:
         """Move the lead to stage ``to`` (recorded as an accepted transition)."""
@@ -150,9 +163,11 @@ class Draft:
         When nothing changed, the original state object is returned untouched, so the worker can
         skip writing it.
         """
-        if self.state == self.original and not (self.followup or self.recycle):
+        state = self.state
+        if _same(state, self.original) and not (self.followup or self.recycle):
             return Decision(state=self.original, excluded=self.original.excluded)
-        self.update(rules_version=self.rules.version, updated_at=self.now)
+        if state.rules_version != self.rules.version or state.updated_at is not self.now:
+            self.update(rules_version=self.rules.version, updated_at=self.now)
         return Decision(
             state=self.state,
             ledger=tuple(self.ledger),
@@ -162,3 +177,10 @@ class Draft:
             close_followup=self.close_followup,
             excluded=self.state.excluded,
         )
+
+
+def _same(a: LeadState, b: LeadState) -> bool:
+    """``a == b``, cheaply: the fields a draft did not touch are the very same objects, which a
+    dict comparison skips without comparing them; ``applied`` differs after every applied
+    event and is the quickest field to tell so."""
+    return a is b or (a.applied == b.applied and vars(a) == vars(b))

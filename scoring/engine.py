@@ -14,7 +14,7 @@ from events.outcomes import OutcomeRecorded
 from events.profiles import ProfileUpdated
 from events.tracking import BehaviourTracked
 from scoring.behaviour import credit, matching_rules, prune_caps, remember
-from scoring.decay import add, read, worth
+from scoring.decay import add, newest_of, read, worth
 from scoring.decision import Decision, Draft
 from scoring.errors import ScoringError
 from scoring.fit import evaluate_fit, exclusion_match, fit_changes, grade, total
@@ -22,7 +22,7 @@ from scoring.ledger import LedgerEntry, entry_id
 from scoring.lifecycle import advance_by_time, disqualify, on_outcome
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score, fit_score, priority, raw_behaviour_score
-from scoring.state import ANON_PREFIX, MAX_LINKED_IDS, LeadState
+from scoring.state import ANON_PREFIX, MAX_LINKED_IDS, LeadState, event_key, with_key
 
 Event = BehaviourTracked | ProfileUpdated | OutcomeRecorded
 
@@ -40,16 +40,19 @@ def apply(state: LeadState, event: Event, rules: RuleSet, *, now: datetime) -> D
         rules: the rule set.
         now: the processing time: thresholds are judged at it; scores do not depend on it.
     """
-    if state.has_applied(event.event_id):
+    applied = with_key(state.applied, event_key(event.event_id))
+    if applied is None:
         return Decision(state=state, excluded=state.excluded, duplicate=True)
     d = Draft(state, rules, now, event_id=event.event_id)
-    d.update(applied=state.with_applied(event.event_id))
     if isinstance(event, BehaviourTracked):
         _on_behaviour(d, event)
     elif isinstance(event, ProfileUpdated):
         d.update(profile=d.state.profile.model_copy(update=event.changes()))
     else:
         on_outcome(d, event)
+    # An applied event always changes the state, so it is stamped now rather than in
+    # ``finish``: the state is then copied once for all the changes so far.
+    d.update(applied=applied, rules_version=rules.version, updated_at=now)
     _refit(d, event.event_id, event.occurred_at)
     if not d.state.anonymous and not d.state.excluded:
         rule = exclusion_match(d.state.profile, rules)
@@ -127,14 +130,16 @@ def _on_behaviour(d: Draft, event: BehaviourTracked) -> None:
     info = state.recycle
     gained = info.gained if info is not None and event.occurred_at >= info.since else None
     raw_total = 0.0
+    score: float | None = None  # the raw behaviour score at ``now`` (read once, then carried)
     for rule in matching_rules(event, rules.behaviour):
         c = credit(caps, rule, event, rules)
-        before = read(groups, now)
+        before = read(groups, now) if score is None else score
         groups = add(groups, c.half_life_days, c.anchor, c.points)
-        ref = next((g.ref for g in groups if g.half_life_days == c.half_life_days), c.anchor)
+        ref = newest_of(groups, c.half_life_days) or c.anchor
         if gained is not None:
             gained = add(gained, c.half_life_days, c.anchor, c.points)
         raw_total += c.raw
+        score = read(groups, now)
         d.ledger.append(
             LedgerEntry(
                 entry_id=entry_id(state.lead_id, event.event_id, rule.id),
@@ -150,25 +155,31 @@ def _on_behaviour(d: Draft, event: BehaviourTracked) -> None:
                 half_life_days=c.half_life_days,
                 decayed_points=worth(c.points, c.anchor, c.half_life_days, now, ref),
                 score_before=before,
-                score_after=read(groups, now),
+                score_after=score,
             )
         )
-    d.update(decay=groups)
+    changes: dict[str, object] = {
+        "decay": groups,
+        "caps": prune_caps(caps, groups, rules),
+        "activities": remember(state.activities, event, raw_total, rules.followup.activity_memory),
+    }
     if info is not None and gained is not None:
-        d.update(recycle=info.model_copy(update={"gained": gained}))
-    keep = rules.followup.activity_memory
-    d.update(
-        caps=prune_caps(caps, d.state, rules),
-        activities=remember(state.activities, event, raw_total, keep),
-    )
+        changes["recycle"] = info.replaced({"gained": gained})
+    d.update(**changes)
 
 
 def _refit(d: Draft, event_id: str, occurred_at: datetime) -> None:
-    """Recompute fit; every rule whose contribution changed gets a ledger entry."""
+    """Recompute fit; every rule whose contribution changed gets a ledger entry.
+
+    Fit is recomputed on every event, so that a rule-set change is picked up at a lead's next
+    event; :func:`evaluate_fit` is memoised, so for an unchanged profile this is a few lookups
+    that return the parts the state already holds.
+    """
     state, rules = d.state, d.rules
     parts = evaluate_fit(state.profile, rules.fit)
+    same_parts = parts == state.fit
     score = state.fit_score
-    for change in fit_changes(state.fit, parts):
+    for change in [] if same_parts else fit_changes(state.fit, parts):
         after = score + change.delta
         d.ledger.append(
             LedgerEntry(
@@ -187,8 +198,12 @@ def _refit(d: Draft, event_id: str, occurred_at: datetime) -> None:
             )
         )
         score = after
-    new_score = total(parts)
-    d.update(fit=parts, fit_score=new_score, fit_grade=grade(new_score, rules.fit.grades))
+    # ``fit_score`` is always ``total(fit)``: only the grade can change with the same parts
+    # (new grade cut-offs).
+    new_score = state.fit_score if same_parts else total(parts)
+    new_grade = grade(new_score, rules.fit.grades)
+    if not same_parts or new_grade != state.fit_grade:
+        d.update(fit=parts, fit_score=new_score, fit_grade=new_grade)
 
 
 __all__ = [

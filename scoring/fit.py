@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from scoring.matching import domain_matches, has_keyword, is_one_of
-from scoring.rules import ExclusionRule, Fit, Grades, RuleSet
+from scoring.memo import memo_for
+from scoring.rules import Exclusion, ExclusionRule, Fit, Grades, RuleSet
 from scoring.state import Attribute, FitPart, Grade, Profile
 
 
@@ -26,34 +28,83 @@ def _part(attribute: Attribute, value: object, rule: _Rule | None) -> FitPart:
     return FitPart(attribute=attribute, rule_id=rule.id, points=rule.points, known=True)
 
 
+def _memo_part(
+    fit: Fit, attribute: Attribute, value: object, find: Callable[[], _Rule | None]
+) -> FitPart:
+    """The part of ``attribute`` = ``value``, from ``fit``'s memo table (``find`` on a miss).
+
+    Parts are frozen, so states share them: a profile that did not change yields the very
+    objects its state already holds, and comparing the two costs next to nothing.
+    """
+    table = memo_for(fit, attribute)
+    part: FitPart | None = table.get(value)
+    if part is None:
+        part = table[value] = _part(attribute, value, find())
+    return part
+
+
+def _size_part(size: int | None, fit: Fit) -> FitPart:
+    # Memoised by band, not by size: sizes hardly repeat, bands do.
+    band = None
+    if size is not None:
+        band = next(
+            (b for b in fit.company_size if b.min <= size and (b.max is None or size < b.max)),
+            None,
+        )
+    key = (size is None, None if band is None else band.id)
+    table = memo_for(fit, "company_size")
+    part: FitPart | None = table.get(key)
+    if part is None:
+        part = table[key] = _part("company_size", size, band)
+    return part
+
+
 def evaluate_fit(profile: Profile, fit: Fit) -> tuple[FitPart, ...]:
     """One :class:`FitPart` per attribute: the first matching rule of its list, in file order.
 
     A missing attribute scores 0 with ``known=False`` (reported as unknown, never guessed); a
     present attribute that no rule matches scores 0 with ``known=True`` and no rule id.
+    Memoised per rule set, by profile and by attribute value: NFKC and keyword scans are the
+    costly part, and the same profiles, titles and industries come back on every event.
     """
-    size = profile.company_size
+    by_profile = memo_for(fit, "profile")
+    found: tuple[FitPart, ...] | None = by_profile.get(profile)
+    if found is None:
+        found = by_profile[profile] = _evaluate(profile, fit)
+    return found
+
+
+def _evaluate(profile: Profile, fit: Fit) -> tuple[FitPart, ...]:
     industry = profile.industry or ""
     title = profile.job_title or ""
     country = profile.country or ""
     source = profile.source
     return (
-        _part(
-            "company_size",
-            size,
-            next(
-                (b for b in fit.company_size if size is not None and b.min <= size
-                 and (b.max is None or size < b.max)),
-                None,
-            ),
+        _size_part(profile.company_size, fit),
+        _memo_part(
+            fit,
+            "industry",
+            industry,
+            lambda: next((r for r in fit.industry if has_keyword(industry, r.keywords)), None),
         ),
-        _part("industry", industry, next(
-            (r for r in fit.industry if has_keyword(industry, r.keywords)), None)),
-        _part("job_title", title, next(
-            (r for r in fit.job_title if has_keyword(title, r.keywords)), None)),
-        _part("country", country, next(
-            (r for r in fit.country if is_one_of(country, r.values)), None)),
-        _part("source", source, next((r for r in fit.source if source in r.sources), None)),
+        _memo_part(
+            fit,
+            "job_title",
+            title,
+            lambda: next((r for r in fit.job_title if has_keyword(title, r.keywords)), None),
+        ),
+        _memo_part(
+            fit,
+            "country",
+            country,
+            lambda: next((r for r in fit.country if is_one_of(country, r.values)), None),
+        ),
+        _memo_part(
+            fit,
+            "source",
+            source,
+            lambda: next((r for r in fit.source if source in r.sources), None),
+        ),
     )
 
 
@@ -102,12 +153,62 @@ def fit_changes(old: tuple[FitPart, ...], new: tuple[FitPart, ...]) -> list[FitC
 
 
 def exclusion_match(profile: Profile, rules: RuleSet) -> ExclusionRule | None:
-    """The first exclusion rule the profile matches (competitor domain, student title...)."""
-    for rule in rules.exclusion.rules:
-        if profile.email and domain_matches(profile.email, rule.email_domains):
-            return rule
-        if profile.job_title and has_keyword(profile.job_title, rule.job_title_keywords):
-            return rule
-        if profile.company_name and has_keyword(profile.company_name, rule.company_keywords):
-            return rule
-    return None
+    """The first exclusion rule the profile matches (competitor domain, student title...).
+
+    Rules are checked in file order and a rule matches on any of its criteria. Memoised per
+    profile, and each criterion per value (the first rule it matches; the earliest one wins).
+    """
+    exclusion = rules.exclusion
+    if not exclusion.rules:
+        return None
+    by_profile = memo_for(exclusion, "profile")
+    if profile in by_profile:
+        found: ExclusionRule | None = by_profile[profile]
+        return found
+    found = by_profile[profile] = _exclusion_of(profile, exclusion)
+    return found
+
+
+def _exclusion_of(profile: Profile, exclusion: Exclusion) -> ExclusionRule | None:
+    email = profile.email
+    domain = email.rsplit("@", 1)[-1] if email else None
+    firsts = [
+        i
+        for i in (
+            _first_exclusion(exclusion, "email_domain", domain, _email_matches),
+            _first_exclusion(exclusion, "job_title", profile.job_title, _title_matches),
+            _first_exclusion(exclusion, "company", profile.company_name, _company_matches),
+        )
+        if i is not None
+    ]
+    return exclusion.rules[min(firsts)] if firsts else None
+
+
+def _email_matches(rule: ExclusionRule, domain: str) -> bool:
+    return domain_matches(domain, rule.email_domains)
+
+
+def _title_matches(rule: ExclusionRule, title: str) -> bool:
+    return has_keyword(title, rule.job_title_keywords)
+
+
+def _company_matches(rule: ExclusionRule, company: str) -> bool:
+    return has_keyword(company, rule.company_keywords)
+
+
+def _first_exclusion(
+    exclusion: Exclusion,
+    criterion: str,
+    value: str | None,
+    matches: Callable[[ExclusionRule, str], bool],
+) -> int | None:
+    """The index of the first rule whose ``criterion`` matches ``value`` (memoised)."""
+    if not value:
+        return None
+    table = memo_for(exclusion, criterion)
+    if value in table:
+        found: int | None = table[value]
+        return found
+    found = next((i for i, r in enumerate(exclusion.rules) if matches(r, value)), None)
+    table[value] = found
+    return found

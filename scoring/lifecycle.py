@@ -15,7 +15,7 @@ from scoring.calendar import due_at, local_date
 from scoring.decay import read
 from scoring.decision import Draft, FollowupContext, FollowupDecision, RecycleDecision, WhyNow
 from scoring.rules import ExclusionReason, RecycleReason, Stage
-from scoring.scores import behaviour_score, priority
+from scoring.scores import behaviour_score, priority, weigh
 from scoring.state import RecycleInfo
 
 #: Pipeline order; a move to a higher level passes every gated stage in between.
@@ -180,7 +180,7 @@ def advance_by_time(d: Draft) -> None:
         if now >= state.stage_since + timedelta(days=rules.stages.customer_after_days):
             d.move("customer", at=now, reason="won: customer after the configured delay")
         return
-    sla = next((v for k, v in rules.sla.items() if k == state.stage), None)
+    sla = rules.sla.get(state.stage)  # type: ignore[arg-type]  # other stages: no SLA
     if sla is not None and not state.stage_touched:
         deadline = state.stage_since + timedelta(hours=sla.recycle_after_hours)
         if now >= deadline:
@@ -200,8 +200,8 @@ def advance_by_time(d: Draft) -> None:
         _requeue_if_due(d)
         return
     if state.stage in ("lead", "nurturing"):
-        score = priority(state, now, rules)
         behaviour = behaviour_score(state, now, rules)
+        score = weigh(state.fit_score, behaviour, rules)
         if score >= rules.mql.threshold and behaviour >= rules.mql.min_behaviour:
             reason = f"priority {score:.1f} reached the MQL threshold {rules.mql.threshold:g}"
             d.move("mql", at=now, reason=reason)

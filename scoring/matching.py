@@ -15,8 +15,10 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 
+@lru_cache(maxsize=65_536)
 def normalise(text: str) -> str:
-    """NFKC-normalised, casefolded, whitespace-collapsed ``text``."""
+    """NFKC-normalised, casefolded, whitespace-collapsed ``text`` (memoised: the same titles,
+    industries and domains come back on every event)."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 

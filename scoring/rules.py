@@ -427,4 +427,3 @@ def load_rules(path: str | Path) -> RuleSet:
         return parse_rules(text)
     except RulesError as exc:
         raise RulesError(f"{path}: {exc}") from exc
-

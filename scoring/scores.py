@@ -32,7 +32,10 @@ def fit_score(state: LeadState) -> float:
 
 def priority(state: LeadState, at: datetime, rules: RuleSet) -> float:
     """``fit_weight * fit + behaviour_weight * behaviour`` at ``at``."""
+    return weigh(state.fit_score, behaviour_score(state, at, rules), rules)
+
+
+def weigh(fit: float, behaviour: float, rules: RuleSet) -> float:
+    """The priority of a fit score and a (floored) behaviour score already read."""
     weights = rules.priority
-    return weights.fit_weight * state.fit_score + weights.behaviour_weight * behaviour_score(
-        state, at, rules
-    )
+    return weights.fit_weight * fit + weights.behaviour_weight * behaviour

@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import bisect
 import hashlib
+from collections.abc import Mapping
 from datetime import date, datetime
-from typing import Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,6 +30,19 @@ MAX_LINKED_IDS = 20
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def replaced(self, changes: Mapping[str, Any]) -> Self:
+        """A copy with ``changes``: ``model_copy(update=changes)`` without its generic handling
+        of extra and private attributes, which these models do not have (the engine copies a
+        lead's state once or twice per event). Like ``model_copy``, it does not validate."""
+        copied = self.__class__.__new__(self.__class__)
+        object.__setattr__(copied, "__dict__", {**self.__dict__, **changes})
+        object.__setattr__(
+            copied, "__pydantic_fields_set__", self.__pydantic_fields_set__ | changes.keys()
+        )
+        object.__setattr__(copied, "__pydantic_extra__", None)
+        object.__setattr__(copied, "__pydantic_private__", None)
+        return copied
 
 
 class Profile(Frozen):
@@ -120,17 +134,11 @@ class LeadState(Frozen):
 
     def has_applied(self, event_id: str) -> bool:
         """Whether the event ``event_id`` was already applied to this state."""
-        key = event_key(event_id)
-        i = bisect.bisect_left(self.applied, key)
-        return i < len(self.applied) and self.applied[i] == key
+        return with_key(self.applied, event_key(event_id)) is None
 
     def with_applied(self, event_id: str) -> tuple[str, ...]:
         """``applied`` with ``event_id`` added, kept sorted."""
-        key = event_key(event_id)
-        i = bisect.bisect_left(self.applied, key)
-        if i < len(self.applied) and self.applied[i] == key:
-            return self.applied
-        return (*self.applied[:i], key, *self.applied[i:])
+        return with_key(self.applied, event_key(event_id)) or self.applied
 
     def unknown_bant(self) -> list[str]:
         """BANT items not known yet."""
@@ -140,6 +148,17 @@ class LeadState(Frozen):
         """Profile attributes that scored nothing because they are missing."""
         known = {p.attribute for p in self.fit if p.known}
         return [a for a in ATTRIBUTES if a not in known]
+
+
+def with_key(applied: tuple[str, ...], key: str) -> tuple[str, ...] | None:
+    """Sorted ``applied`` with the digest ``key`` inserted, or None when it is already there.
+
+    One binary search answers both "was it applied?" and "where does it go?".
+    """
+    i = bisect.bisect_left(applied, key)
+    if i < len(applied) and applied[i] == key:
+        return None
+    return (*applied[:i], key, *applied[i:])
 
 
 def event_key(event_id: str) -> str:
