@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Annotated, Any, Literal, Self
 
@@ -82,8 +83,15 @@ class Context(InputModel):
     @classmethod
     def _ip_address(cls, value: str | None) -> str | None:
         if value is not None:
-            ipaddress.ip_address(value)  # raises ValueError with a clear message
+            _check_ip(value)
         return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_ip(value: str) -> None:
+    """Raises ValueError with a clear message; cached, as a visitor's address repeats (only
+    valid addresses are cached: an exception is not)."""
+    ipaddress.ip_address(value)
 
 
 class BehaviourTracked(InputModel):
