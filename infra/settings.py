@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     http_publish_timeout: float = Field(
         default=5.0, gt=0, description="seconds to wait for the broker's ack before answering 503"
     )
+    http_rate_limit: float = Field(
+        default=20.0,
+        ge=0,
+        description="collector requests a second one client (site + IP) may sustain; 0 = off",
+    )
+    http_rate_burst: int = Field(
+        default=40, ge=1, description="collector requests one client may send at once (bucket)"
+    )
     sales_rep_tokens: SecretStr | None = Field(
         default=None,
         description="bearer tokens of reps for the sales endpoints: rep=token[,rep=token]",

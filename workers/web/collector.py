@@ -4,6 +4,10 @@ Each item is completed (``event_id``, ``occurred_at``, client IP and user agent)
 and run through :func:`events.decode.decode` exactly as the worker will: what the collector
 accepts, the worker accepts. Rejected items are dead-lettered with ``source_topic="http"``,
 ``partition=-1`` and ``offset`` = the item's index in the request.
+
+A request with a known write key and an allowed origin spends a token of its client (the key's
+site and :func:`client_ip`) before its body is read; over ``LEADCYCLE_HTTP_RATE_LIMIT`` it is
+refused with 429 and ``Retry-After`` (workers/web/ratelimit.py, docs/http.md).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from events.tracking import BehaviourTracked
 from workers.ingest import PAYLOAD_PREFIX_BYTES
 from workers.web.context import WebContext, context, problem
 from workers.web.producer import BrokerUnavailable
+from workers.web.ratelimit import retry_after
 
 #: Longest user agent the Context model takes; longer headers are cut, not rejected.
 MAX_USER_AGENT = 1024
@@ -73,6 +78,13 @@ def parse_items(body: bytes, max_events: int) -> list[Any]:
     return items
 
 
+def client_ip(request: web.Request) -> str | None:
+    """The client as the collector sees it: the TCP peer. ``X-Forwarded-For`` is not read (a
+    client could claim any address in it), so behind a proxy this is the proxy. Both
+    ``context.ip`` and the rate limit's client key come from here."""
+    return request.remote
+
+
 def complete(item: Any, request: web.Request, now: datetime) -> Any:
     """Fill what the collector owns: a missing id or time, the client's IP and user agent."""
     if not isinstance(item, dict):
@@ -86,8 +98,9 @@ def complete(item: Any, request: web.Request, now: datetime) -> Any:
     if ctx is None or isinstance(ctx, dict):
         # What the server saw wins over what the client claims.
         ctx = dict(ctx or {})
-        if request.remote:
-            ctx["ip"] = request.remote
+        ip = client_ip(request)
+        if ip:
+            ctx["ip"] = ip
         agent = request.headers.get("User-Agent")
         if agent:
             ctx["user_agent"] = agent[:MAX_USER_AGENT]
@@ -150,16 +163,37 @@ def triage(
     return results, records, accepted
 
 
+def over_limit(ctx: WebContext, site: str, request: web.Request) -> web.Response | None:
+    """Spend a token of the client (site, IP); the 429 to answer when it has none."""
+    if ctx.limiter is None:
+        return None
+    wait = ctx.limiter.take((site, client_ip(request) or ""), ctx.clock())
+    if not wait:
+        return None
+    seconds = retry_after(wait)
+    return problem(
+        429,
+        f"over the rate limit of {ctx.limiter.rate:g} requests/s (burst {ctx.limiter.burst})"
+        f" per site and client IP (LEADCYCLE_HTTP_RATE_LIMIT): retry in {seconds} s",
+        headers={"Retry-After": str(seconds)},
+    )
+
+
 async def track(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     if not ctx.write_keys.by_site:
         return problem(401, "the collector has no write keys (set LEADCYCLE_HTTP_WRITE_KEYS)")
-    if ctx.write_keys.site_for(request) is None:
+    site = ctx.write_keys.site_for(request)
+    if site is None:
         return problem(401, "missing or unknown write key (X-Leadcycle-Key header or ?key=)")
     origin = request.headers.get("Origin")
     if origin is not None and origin not in ctx.cors_origins:
         # Write keys are public; the origin list is what ties a key's use to the site's pages.
         return problem(403, f"origin {origin[:200]!r} is not allowed")
+    # After the refusals that cost nothing (no body read, no site to charge), before the body.
+    refused = over_limit(ctx, site, request)
+    if refused is not None:
+        return refused
     try:
         items = parse_items(
             await read_limited(request, ctx.settings.http_max_body_bytes),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from aiohttp import web
 from infra.settings import Settings
 from workers.web.auth import SalesTokens, WriteKeys
 from workers.web.producer import EdgeProducer
+from workers.web.ratelimit import RateLimiter
 
 
 def _utcnow() -> datetime:
@@ -27,7 +29,10 @@ class WebContext:
     timezone: str  # the rule set's calendar time zone: call-list days and due times
     pool: Callable[[], Any]  # the worker's asyncpg pool (None until the runtime started)
     cors_origins: frozenset[str] = frozenset()
+    #: The collector's per-client buckets; None when LEADCYCLE_HTTP_RATE_LIMIT is 0.
+    limiter: RateLimiter | None = None
     now: Callable[[], datetime] = field(default=_utcnow)
+    clock: Callable[[], float] = field(default=time.monotonic)  # what the buckets count in
 
 
 CONTEXT = web.AppKey("leadcycle", WebContext)

@@ -33,11 +33,16 @@ def _optional(model: type[BaseModel], name: str, into: dict[str, Any], *fields: 
     into[name] = schema
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {
+def _error(description: str, *, retry_after: str | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
         "description": description,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
+    if retry_after is not None:
+        response["headers"] = {
+            "Retry-After": {"description": retry_after, "schema": {"type": "integer"}}
+        }
+    return response
 
 
 def _json(ref: str, description: str) -> dict[str, Any]:
@@ -133,7 +138,14 @@ def _paths() -> dict[str, Any]:
                     "403": _error("Origin not allowed"),
                     "413": _error("body or batch over the limit"),
                     "422": _json("TrackResult", "every item rejected (all dead-lettered)"),
-                    "503": _error("the broker did not acknowledge: nothing accepted, retry"),
+                    "429": _error(
+                        "over LEADCYCLE_HTTP_RATE_LIMIT for this site and client IP",
+                        retry_after="whole seconds until the client's next request is taken",
+                    ),
+                    "503": _error(
+                        "the broker did not acknowledge: nothing accepted, retry",
+                        retry_after="seconds to wait before retrying (5)",
+                    ),
                 },
             }
         },

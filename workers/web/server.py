@@ -25,6 +25,7 @@ from workers.web.auth import SalesTokens, WriteKeys, parse_pairs
 from workers.web.context import CONTEXT, WebContext, context
 from workers.web.openapi import build_openapi
 from workers.web.producer import EdgeProducer
+from workers.web.ratelimit import RateLimiter
 
 log = logging.getLogger("leadcycle.web")
 
@@ -154,6 +155,11 @@ def web_context(settings: Settings, endpoints: Endpoints, pool: Callable[[], Any
         pool=pool,
         cors_origins=frozenset(
             o.strip().rstrip("/") for o in settings.http_cors_origins.split(",") if o.strip()
+        ),
+        limiter=(
+            RateLimiter(settings.http_rate_limit, settings.http_rate_burst)
+            if settings.http_rate_limit > 0
+            else None
         ),
     )
 
