@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -154,14 +155,16 @@ def create_app(settings: Settings, endpoints: Endpoints) -> faust.App:
 
     async def ingest(batch: Sequence[Incoming]) -> None:
         assert runtime.ingestor is not None
+        started = time.monotonic()
         report = await runtime.ingestor.handle(batch)
         log.info(
-            "batch: %d received, %d new, %d duplicate, %d bot, %d dead-lettered",
+            "batch: %d received, %d new, %d duplicate, %d bot, %d dead-lettered in %.0f ms",
             report.received,
             report.new_events,
             report.duplicates,
             report.bots,
             report.dead_letters,
+            (time.monotonic() - started) * 1000,
         )
 
     # The input topics are read by a batched consumer-group member, not a faust agent
