@@ -162,18 +162,40 @@ async def lock_subjects(conn: asyncpg.Connection, subjects: Iterable[str]) -> No
         await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", keys)
 
 
-async def load_states(conn: asyncpg.Connection, lead_ids: Iterable[str]) -> dict[str, Any]:
-    """``lead_id -> (state JSON, merged_into)`` of existing leads, locked for this transaction."""
+async def load_states(
+    conn: asyncpg.Connection, lead_ids: Iterable[str], *, lock: bool = True
+) -> dict[str, tuple[str, str | None, str]]:
+    """``lead_id -> (state JSON, merged_into, row version)`` of existing leads.
+
+    With ``lock`` the subjects are locked for this transaction first (advisory, then
+    ``FOR UPDATE``); without, this is a plain read whose versions :func:`lock_versions` checks
+    later. The version is the row's ``xmin``: every committed update of the row changes it.
+    """
+    ids = sorted(set(lead_ids))
+    if not ids:
+        return {}
+    if lock:
+        await lock_subjects(conn, ids)
+    rows = await conn.fetch(
+        f"""SELECT lead_id, state::text AS state, merged_into, xmin::text AS version FROM leads
+            WHERE lead_id = ANY($1::text[]) ORDER BY lead_id{" FOR UPDATE" if lock else ""}""",
+        ids,
+    )
+    return {r["lead_id"]: (r["state"], r["merged_into"], r["version"]) for r in rows}
+
+
+async def lock_versions(conn: asyncpg.Connection, lead_ids: Iterable[str]) -> dict[str, str]:
+    """Lock the subjects for this transaction; the row versions of those that exist."""
     ids = sorted(set(lead_ids))
     if not ids:
         return {}
     await lock_subjects(conn, ids)
     rows = await conn.fetch(
-        """SELECT lead_id, state::text AS state, merged_into FROM leads
+        """SELECT lead_id, xmin::text AS version FROM leads
             WHERE lead_id = ANY($1::text[]) ORDER BY lead_id FOR UPDATE""",
         ids,
     )
-    return {r["lead_id"]: (r["state"], r["merged_into"]) for r in rows}
+    return {r["lead_id"]: r["version"] for r in rows}
 
 
 async def save_leads(conn: asyncpg.Connection, rows: Sequence[LeadRow]) -> None:

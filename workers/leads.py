@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -30,6 +31,8 @@ from scoring.rules import RuleSet
 from scoring.scores import behaviour_score, weigh
 from scoring.state import ANON_PREFIX, LeadState
 
+log = logging.getLogger("leadcycle.leads")
+
 
 @dataclass(frozen=True)
 class Assignment:
@@ -46,6 +49,55 @@ class _Touched:
     state: LeadState
     merged_into: str | None = None
     decisions: list[Decision] = field(default_factory=list)
+    #: The row version (``xmin``) the state was read at; None: no row yet.
+    version: str | None = None
+
+
+@dataclass
+class _Pass:
+    """One scoring pass over (some of) a batch's events."""
+
+    touched: dict[str, _Touched]
+    #: ``(event index, (anonymous id, lead id, event id, at))`` of identity links made.
+    new_links: list[tuple[int, tuple[str, str, str, datetime]]] = field(default_factory=list)
+    #: event index -> the subjects it read or changed.
+    keys: dict[int, set[str]] = field(default_factory=dict)
+
+
+#: How often a contained re-score may grow its group before the whole batch is scored again.
+MAX_REGROUPS = 4
+
+
+class _Wider(Exception):
+    """A contained re-score kept needing more subjects: score the whole batch again."""
+
+
+class _Outside(Exception):
+    """A contained re-score needs the state of ``key``, which its group does not hold."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+class _Groups:
+    """Union-find over subjects: subjects one event touches belong together."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, key: str) -> str:
+        root = self.parent.setdefault(key, key)
+        while root != self.parent[root]:
+            root = self.parent[root]
+        while key != root:  # path compression
+            self.parent[key], key = root, self.parent[key]
+        return root
+
+    def join(self, keys: Iterable[str]) -> None:
+        roots = [self.find(k) for k in keys]
+        for other in roots[1:]:
+            self.parent[other] = roots[0]
 
 
 class LeadProcessor:
@@ -60,11 +112,41 @@ class LeadProcessor:
     async def apply_events(
         self, conn: asyncpg.Connection, events: Sequence[InputEvent], now: datetime
     ) -> list[OutboxRecord]:
+        """Apply a batch's new events to lead state.
+
+        Optimistically: the batch is scored from a plain read, then its subjects are locked
+        (advisory, in one global order, and ``FOR UPDATE``) and their row versions checked.
+        Subjects whose rows another worker changed in between are scored again, locked, with
+        every subject connected to them through this batch's events (an identify joins a
+        visitor and a lead); anything less contained is scored again whole. So the subject
+        locks are held for the writes, not for the scoring, and a second worker sharing a
+        few subjects (a visitor's events and its lead's arrive on different partitions) costs
+        a few leads scored twice instead of a whole batch waiting.
+        """
         if not events:
             return []
         # Within a batch, apply in event-time order (stable: arrival order breaks ties). Kafka
         # orders only within a partition; event time is the better order across topics.
         events = sorted(events, key=lambda e: e.occurred_at)
+        seen = await self._identities(conn, events)
+        run = await self._score(conn, events, range(len(events)), seen, now, lock=False)
+        versions = await leadstore.lock_versions(conn, run.touched)
+        changed = {k for k, t in run.touched.items() if t.version != versions.get(k)}
+        if changed:
+            fresh = await self._identities(conn, events)
+            try:
+                run = await self._rescore(conn, events, (seen, fresh), run, changed, now)
+                log.info("re-scored %d subjects another worker changed meanwhile", len(changed))
+            except _Wider:
+                log.info("re-scoring the whole batch, locked (%d subjects changed)", len(changed))
+                run = await self._score(conn, events, range(len(events)), fresh, now, lock=True)
+        await leadstore.link_identities(conn, [link for _, link in run.new_links])
+        return await self._persist(conn, run.touched, now)
+
+    async def _identities(
+        self, conn: asyncpg.Connection, events: Sequence[InputEvent]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Known anonymous-id links and leads by email, for this batch's events."""
         behaviour = [e for e in events if isinstance(e, BehaviourTracked)]
         links = await leadstore.identity_links(
             conn, [e.anonymous_id for e in behaviour if e.anonymous_id and not e.lead_id]
@@ -72,34 +154,107 @@ class LeadProcessor:
         by_email = await leadstore.leads_by_email(
             conn, [e.email for e in behaviour if e.type == "identify" and not e.lead_id and e.email]
         )
-        wanted = {self._subject(e, links, by_email) for e in events}
-        wanted |= {
-            f"{ANON_PREFIX}{e.anonymous_id}"
-            for e in behaviour
-            if e.type == "identify" and e.anonymous_id
-        }
-        touched = await self._load(conn, wanted, now)
-        new_links: list[tuple[str, str, str, datetime]] = []
-        for event in events:
+        return links, by_email
+
+    async def _score(
+        self,
+        conn: asyncpg.Connection,
+        events: Sequence[InputEvent],
+        indexes: Iterable[int],
+        seen: tuple[dict[str, str], dict[str, str]],
+        now: datetime,
+        *,
+        lock: bool,
+        touched: dict[str, _Touched] | None = None,
+    ) -> _Pass:
+        """Apply ``events[i]`` for ``i`` in ``indexes``, in order. With ``touched`` given, only
+        those states may be used (a contained re-score): needing another raises ``_Outside``."""
+        links, by_email = dict(seen[0]), seen[1]
+        chosen = [(i, events[i]) for i in indexes]
+        contained = touched is not None
+        if touched is None:
+            wanted = {self._subject(e, links, by_email) for _, e in chosen}
+            wanted |= {
+                f"{ANON_PREFIX}{e.anonymous_id}"
+                for _, e in chosen
+                if isinstance(e, BehaviourTracked) and e.type == "identify" and e.anonymous_id
+            }
+            touched = await self._load(conn, wanted, now, lock=lock)
+        run = _Pass(touched)
+        for i, event in chosen:
             subject = self._subject(event, links, by_email)
-            lead = await self._resolve(conn, touched, subject, now)
+            keys = run.keys.setdefault(i, {subject})
+            if contained and subject not in touched:
+                raise _Outside(subject)
+            lead = await self._resolve(
+                conn, touched, subject, now, lock=lock, keys=keys, contained=contained
+            )
             if (
                 isinstance(event, BehaviourTracked)
                 and event.type == "identify"
                 and event.anonymous_id
             ):
                 anon_id = event.anonymous_id
+                keys.add(f"{ANON_PREFIX}{anon_id}")
+                if contained and f"{ANON_PREFIX}{anon_id}" not in touched:
+                    raise _Outside(f"{ANON_PREFIX}{anon_id}")
                 if anon_id not in links:
                     links[anon_id] = lead.state.lead_id
-                    new_links.append(
-                        (anon_id, lead.state.lead_id, event.event_id, event.occurred_at)
+                    run.new_links.append(
+                        (i, (anon_id, lead.state.lead_id, event.event_id, event.occurred_at))
                     )
                 await self._stitch(conn, touched, lead, anon_id, now)
             decision = apply(lead.state, event, self.rules, now=now)
             lead.decisions.append(decision)
             lead.state = decision.state
-        await leadstore.link_identities(conn, new_links)
-        return await self._persist(conn, touched, now)
+        return run
+
+    async def _rescore(
+        self,
+        conn: asyncpg.Connection,
+        events: Sequence[InputEvent],
+        identities: tuple[tuple[dict[str, str], dict[str, str]], ...],
+        run: _Pass,
+        changed: set[str],
+        now: datetime,
+    ) -> _Pass:
+        """Score again, from fresh locked rows, the events connected to ``changed`` subjects
+        (and to identity links made meanwhile), growing the group while it needs subjects it
+        lacks; ``_Wider`` if it keeps growing."""
+        (links, by_email), fresh = identities
+        groups = _Groups()
+        for keys in run.keys.values():
+            groups.join(keys)
+        stale_keys = set(changed)
+        for i, e in enumerate(events):
+            if (
+                isinstance(e, BehaviourTracked)
+                and not e.lead_id
+                and (
+                    links.get(e.anonymous_id or "") != fresh[0].get(e.anonymous_id or "")
+                    or by_email.get(e.email or "") != fresh[1].get(e.email or "")
+                )
+            ):
+                stale_keys |= run.keys[i]
+        extra: set[str] = set()
+        for _ in range(MAX_REGROUPS):
+            stale = {groups.find(k) for k in stale_keys}
+            keys = {k for k in run.touched if groups.find(k) in stale} | extra
+            again = sorted(i for i, ks in run.keys.items() if groups.find(next(iter(ks))) in stale)
+            states = await self._load(conn, keys, now, lock=True)
+            try:
+                redo = await self._score(conn, events, again, fresh, now, lock=True, touched=states)
+            except _Outside as outside:
+                if outside.key in run.touched:
+                    stale_keys.add(outside.key)  # another group of this batch: take it too
+                else:
+                    extra.add(outside.key)
+                continue
+            redone = set(again)
+            run.touched.update(redo.touched)
+            run.new_links = [nl for nl in run.new_links if nl[0] not in redone] + redo.new_links
+            return run
+        raise _Wider
 
     async def sweep_leads(
         self, conn: asyncpg.Connection, lead_ids: Sequence[str], now: datetime
@@ -128,30 +283,43 @@ class LeadProcessor:
         return links.get(event.anonymous_id) or f"{ANON_PREFIX}{event.anonymous_id}"
 
     async def _load(
-        self, conn: asyncpg.Connection, ids: set[str], now: datetime
+        self, conn: asyncpg.Connection, ids: set[str], now: datetime, *, lock: bool = True
     ) -> dict[str, _Touched]:
-        found = await leadstore.load_states(conn, ids)
+        found = await leadstore.load_states(conn, ids, lock=lock)
         touched = {}
         for lead_id in ids:
             if lead_id in found:
-                text, merged_into = found[lead_id]
-                state = LeadState.model_validate_json(text)
+                text, merged_into, version = found[lead_id]
+                touched[lead_id] = _Touched(
+                    LeadState.model_validate_json(text), merged_into, version=version
+                )
             else:
-                state, merged_into = LeadState.new(lead_id, now=now), None
-            touched[lead_id] = _Touched(state, merged_into)
+                touched[lead_id] = _Touched(LeadState.new(lead_id, now=now))
         return touched
 
     async def _resolve(
-        self, conn: asyncpg.Connection, touched: dict[str, _Touched], subject: str, now: datetime
+        self,
+        conn: asyncpg.Connection,
+        touched: dict[str, _Touched],
+        subject: str,
+        now: datetime,
+        *,
+        lock: bool = True,
+        keys: set[str] | None = None,
+        contained: bool = False,
     ) -> _Touched:
         """The state an event applies to; an anonymous subject merged meanwhile (by an identify
-        in this batch or another worker's) forwards to its lead."""
+        in this batch or another worker's) forwards to its lead. ``keys`` collects the hops."""
         lead = touched[subject]
         hops = 0
         while lead.merged_into is not None and hops < 5:
             target = lead.merged_into
+            if keys is not None:
+                keys.add(target)
             if target not in touched:
-                touched.update(await self._load(conn, {target}, now))
+                if contained:
+                    raise _Outside(target)
+                touched.update(await self._load(conn, {target}, now, lock=lock))
             lead, hops = touched[target], hops + 1
         return lead
 
