@@ -24,13 +24,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from bench.oracle import scored_events
 from events import BehaviourTracked, decode
 from events.decode import InputEvent, Rejection
 from scoring.decision import Decision
 from scoring.fold import Fold
 from scoring.rules import RuleSet, load_rules
 from scoring.state import ANON_PREFIX, LeadState
-from workers.bots import BotFilter
 from workers.traffic import TrafficSpec, generate
 
 MAX_BYTES = 65_536
@@ -51,19 +51,10 @@ def make_stream(*, leads: int, seed: int) -> list[Raw]:
     spec = TrafficSpec(
         leads=leads, seed=seed, start=START, days=DAYS, duplicate_rate=0.01, invalid_rate=0.005
     )
-    bots = BotFilter()
-    seen: set[str] = set()
-    keyed: list[tuple[datetime, str, Raw]] = []
-    for m in generate(spec):
-        event = decode(m.topic, m.value, max_bytes=MAX_BYTES)
-        if isinstance(event, Rejection) or event.event_id in seen:
-            continue
-        seen.add(event.event_id)
-        if isinstance(event, BehaviourTracked) and bots.is_bot(
-            event.context.user_agent if event.context else None
-        ):
-            continue
-        keyed.append((event.occurred_at, event.event_id, Raw(m.topic, m.value)))
+    keyed = [
+        (event.occurred_at, event.event_id, Raw(topic, value))
+        for topic, value, event in scored_events((m.topic, m.value) for m in generate(spec))
+    ]
     keyed.sort(key=lambda k: (k[0], k[1]))
     return [raw for _, _, raw in keyed]
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 
 import asyncpg
 
 from events import BehaviourTracked, Rejection, decode
+from events.decode import InputEvent
 from scoring.fold import Fold
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score
@@ -36,8 +37,18 @@ def expected_states(
     ``assigned``: event id -> lead for identify events without a lead id that the worker sent
     to the lead with that email (see ``scoring.fold.Fold``).
     """
-    bots = BotFilter()
     fold = Fold(rules, now=now, assigned=assigned)
+    for _, _, event in scored_events(messages):
+        fold.add(event)
+    return fold.leads()
+
+
+def scored_events(
+    messages: Iterable[tuple[str, bytes]],
+) -> Iterator[tuple[str, bytes, InputEvent]]:
+    """``(topic, value, event)`` of the messages the worker scores, in stream order: valid,
+    the first of their event id, not from a bot."""
+    bots = BotFilter()
     seen: set[str] = set()
     for topic, value in messages:
         event = decode(topic, value, max_bytes=64 * 1024)
@@ -48,8 +59,7 @@ def expected_states(
             event.context.user_agent if event.context else None
         ):
             continue
-        fold.add(event)
-    return fold.leads()
+        yield topic, value, event
 
 
 async def stored_states(dsn: str) -> dict[str, LeadState]:

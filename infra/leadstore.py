@@ -17,6 +17,8 @@ from typing import Any
 
 import asyncpg
 
+from scoring.ledger import LedgerEntry
+
 
 @dataclass(frozen=True)
 class LeadRow:
@@ -56,6 +58,21 @@ class LedgerRow:
     raw_points: float
     points: float
     detail: str  # the whole ledger entry as JSON
+
+    @classmethod
+    def of(cls, e: LedgerEntry) -> LedgerRow:
+        return cls(
+            entry_id=e.entry_id,
+            lead_id=e.lead_id,
+            event_id=e.event_id,
+            rule_id=e.rule_id,
+            rules_version=e.rules_version,
+            kind=e.kind,
+            occurred_at=e.occurred_at,
+            raw_points=e.raw_points,
+            points=e.points,
+            detail=e.model_dump_json(),
+        )
 
 
 @dataclass(frozen=True)

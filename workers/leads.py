@@ -379,7 +379,7 @@ class LeadProcessor:
             if entries:
                 out.append(self._score_message(t.state, entries, now))
         await leadstore.save_leads(conn, [self._row(t, now) for t in changed.values()])
-        await leadstore.insert_ledger(conn, [_ledger_row(e) for e in ledger])
+        await leadstore.insert_ledger(conn, [LedgerRow.of(e) for e in ledger])
         await leadstore.insert_transitions(conn, transitions)
         members = [_pool_row(t.state) for t in changed.values() if t.state.stage == "recycled"]
         leaving = [k for k, t in changed.items() if t.state.stage != "recycled"]
@@ -581,21 +581,6 @@ def _bump(row: FollowupRow, now: datetime, **changes: object) -> None:
         setattr(row, key, value)
     row.version += 1
     row.updated_at = now
-
-
-def _ledger_row(e: LedgerEntry) -> LedgerRow:
-    return LedgerRow(
-        entry_id=e.entry_id,
-        lead_id=e.lead_id,
-        event_id=e.event_id,
-        rule_id=e.rule_id,
-        rules_version=e.rules_version,
-        kind=e.kind,
-        occurred_at=e.occurred_at,
-        raw_points=e.raw_points,
-        points=e.points,
-        detail=e.model_dump_json(),
-    )
 
 
 def _pool_row(s: LeadState) -> PoolRow | None:

@@ -197,7 +197,7 @@ async def _replay_once(
                 for decision in fold.add(event):
                     for entry in decision.ledger:
                         if not dry_run:
-                            staged.append(_ledger_row(entry))
+                            staged.append(LedgerRow.of(entry))
                         if entry.lead_id in recycled and entry.kind == "behaviour":
                             credited[entry.lead_id].append(entry)
             if staged:
@@ -296,21 +296,6 @@ def _score_row(s: LeadState, rules: RuleSet, now: datetime) -> ScoreRow:
         scored_at=now,
         rules_version=rules.version,
         state=s.model_dump_json(),
-    )
-
-
-def _ledger_row(e: LedgerEntry) -> LedgerRow:
-    return LedgerRow(
-        entry_id=e.entry_id,
-        lead_id=e.lead_id,
-        event_id=e.event_id,
-        rule_id=e.rule_id,
-        rules_version=e.rules_version,
-        kind=e.kind,
-        occurred_at=e.occurred_at,
-        raw_points=e.raw_points,
-        points=e.points,
-        detail=e.model_dump_json(),
     )
 
 

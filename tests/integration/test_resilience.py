@@ -126,59 +126,34 @@ async def test_kill_9_mid_stream_loses_and_doubles_nothing(scenario: Scenario) -
     assert_matches_oracle(messages, await stored_states(scenario.dsn))
 
 
-async def test_broker_restart_between_halves(services: RunningServices) -> None:
+@pytest.mark.parametrize("restart_worker", [True, False], ids=["worker-restarted", "worker-kept"])
+async def test_broker_restart_between_halves(
+    services: RunningServices, restart_worker: bool
+) -> None:
     """The memory broker restarts between two halves of a stream (topics, offsets and group
-    gone); the worker is restarted with it, the second half is published after the restart.
-    Lead state lives in PostgreSQL, so the result equals one uninterrupted run."""
+    gone), the second half is published after the restart. Either the worker is restarted
+    with it (it recreates the topics at start), or it is left running (it rejoins, its relay
+    timer recreates the topics, it reads the new log from its start). Lead state lives in
+    PostgreSQL, so the result equals one uninterrupted run."""
     port = free_port()
     broker = start_broker(services.state_dir / f"broker-{port}", port)
     sc = await make_scenario(replace(services, kafka_url=broker.url), "restart")
-    messages = stream(leads=600, seed=22)
+    messages = stream(leads=600, seed=22 if restart_worker else 24)
     half = len(messages) // 2
     worker = worker_for(sc, "w").start()
     try:
         await publish(sc, messages[:half])
         await wait_done(sc, messages[:half], (worker,))
-        worker.kill()
+        if restart_worker:
+            worker.kill()
         stop_broker(broker.pid)  # memory store: every topic, offset and group is gone
         broker = start_broker(services.state_dir / f"broker-{port}", port)
-        worker = worker_for(sc, "w").start()  # it recreates the topics at start
+        if restart_worker:
+            worker = worker_for(sc, "w").start()
         await eventually(
             lambda: _topics_exist(broker.url, sc),
             seconds=60,
             what="the worker to recreate the topics",
-            workers=(worker,),
-        )
-        await publish(sc, messages[half:])
-        await wait_done(sc, messages, (worker,))
-    finally:
-        worker.stop()
-        stop_broker(broker.pid)
-    try:
-        assert_matches_oracle(messages, await stored_states(sc.dsn))
-    finally:
-        await drop_database(services.server_dsn, sc.name)
-
-
-async def test_broker_restart_with_the_worker_running(services: RunningServices) -> None:
-    """The memory broker restarts mid-run and the worker is left running: it rejoins, finds
-    the topics gone, recreates them (relay timer), reads the new log from its start and the
-    result equals one uninterrupted run."""
-    port = free_port()
-    broker = start_broker(services.state_dir / f"broker-{port}", port)
-    sc = await make_scenario(replace(services, kafka_url=broker.url), "restart_live")
-    messages = stream(leads=600, seed=24)
-    half = len(messages) // 2
-    worker = worker_for(sc, "w").start()
-    try:
-        await publish(sc, messages[:half])
-        await wait_done(sc, messages[:half], (worker,))
-        stop_broker(broker.pid)  # memory store: every topic, offset and group is gone
-        broker = start_broker(services.state_dir / f"broker-{port}", port)
-        await eventually(
-            lambda: _topics_exist(broker.url, sc),
-            seconds=60,
-            what="the running worker to recreate the topics",
             workers=(worker,),
         )
         await publish(sc, messages[half:])
