@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import ConsumerStoppedError, KafkaError
 from mode import Service
 
 from workers.ingest import Incoming
@@ -117,6 +117,8 @@ class InputConsumer(Service):
                 fetched = await consumer.getmany(
                     timeout_ms=int(self.poll_wait * 1000), max_records=self.batch_size
                 )
+            except ConsumerStoppedError:
+                return  # the service is stopping (on_stop stopped the consumer)
             except KafkaError as exc:
                 log.warning("poll failed (%r); polling again in 1 s", exc)
                 await asyncio.sleep(1.0)
