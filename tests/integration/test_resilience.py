@@ -137,7 +137,11 @@ async def test_broker_restart_between_halves(
     PostgreSQL, so the result equals one uninterrupted run."""
     port = free_port()
     broker = start_broker(services.state_dir / f"broker-{port}", port)
-    sc = await make_scenario(replace(services, kafka_url=broker.url), "restart")
+    try:
+        sc = await make_scenario(replace(services, kafka_url=broker.url), "restart")
+    except BaseException:
+        stop_broker(broker.pid)  # started here, stopped here, whatever failed
+        raise
     messages = stream(leads=600, seed=22 if restart_worker else 24)
     half = len(messages) // 2
     worker = worker_for(sc, "w").start()
