@@ -133,19 +133,14 @@ class Draft:
 
     def move(self, to: Stage, *, at: datetime, reason: str) -> None:
         """Move the lead to stage ``to`` (recorded as an accepted transition)."""
-        self.transitions.append(
-            StageTransition(
-                from_stage=self.state.stage,
-                to_stage=to,
-                at=at,
-                reason=reason,
-                event_id=self.event_id,
-            )
-        )
+        self._record(to, at=at, reason=reason, accepted=True)
         self.update(stage=to, stage_since=at, stage_touched=False, sla_escalated=False)
 
     def refuse(self, to: Stage, *, at: datetime, reason: str) -> None:
         """Record a transition to ``to`` that was refused; the lead stays where it is."""
+        self._record(to, at=at, reason=reason, accepted=False)
+
+    def _record(self, to: Stage, *, at: datetime, reason: str, accepted: bool) -> None:
         self.transitions.append(
             StageTransition(
                 from_stage=self.state.stage,
@@ -153,7 +148,7 @@ class Draft:
                 at=at,
                 reason=reason,
                 event_id=self.event_id,
-                accepted=False,
+                accepted=accepted,
             )
         )
 
