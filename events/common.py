@@ -63,6 +63,7 @@ RejectReason = Literal[
     "too_large",
     "empty",
     "processing_error",
+    "undecodable_batch",
 ]
 
 ShortText = Annotated[str, StringConstraints(max_length=256)]

@@ -94,6 +94,38 @@ def _check_ip(value: str) -> None:
     ipaddress.ip_address(value)
 
 
+#: A collector site name (the ``site`` of ``site=key`` in ``LEADCYCLE_HTTP_WRITE_KEYS``).
+SiteName = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+]
+#: Who holds a collector write key: ``browser`` keys ship inside pages and are public;
+#: ``server`` keys are secret and held by the site's own servers.
+KeyKind = Literal["browser", "server"]
+
+
+class Collected(InputModel):
+    """How the HTTP collector received an event (set by the collector, never by a client).
+
+    An item that carries ``collected`` itself is rejected there, so on the topic it is the
+    collector's word.
+    Events produced straight to Kafka have none (Kafka producers are trusted services).
+    """
+
+    #: The site of the write key the request carried.
+    site: SiteName
+    #: The kind of that key (docs/http.md, "Trust model").
+    key: KeyKind
+    #: When the collector received the request (its own clock).
+    received_at: EventTime
+    #: The device's clock when it sent the request (the tracker's ``sent_at``), if it said.
+    sent_at: EventTime | None = None
+    #: ``occurred_at`` as the device stated it, when the collector corrected it for the
+    #: device's clock skew (``occurred_at = received_at - (sent_at - device_occurred_at)``).
+    device_occurred_at: EventTime | None = None
+    #: ``email`` carried a valid signature of the site's server (HMAC, docs/http.md).
+    email_verified: bool = False
+
+
 class BehaviourTracked(InputModel):
     """A visitor or lead did something a web tracker saw.
 
@@ -108,6 +140,7 @@ class BehaviourTracked(InputModel):
     email: Email | None = None
     properties: Properties = Field(default_factory=Properties)
     context: Context | None = None
+    collected: Collected | None = None
 
     @model_validator(mode="after")
     def _who(self) -> Self:
@@ -123,4 +156,13 @@ class BehaviourTracked(InputModel):
         return self.lead_id if self.lead_id is not None else f"anon:{self.anonymous_id}"
 
 
-__all__ = ["BEHAVIOUR_TYPES", "BehaviourTracked", "BehaviourType", "Context", "Properties"]
+__all__ = [
+    "BEHAVIOUR_TYPES",
+    "BehaviourTracked",
+    "BehaviourType",
+    "Collected",
+    "Context",
+    "KeyKind",
+    "Properties",
+    "SiteName",
+]

@@ -223,3 +223,17 @@ async def test_health_readiness_and_openapi(stack: WebStack, http: aiohttp.Clien
         assert r.status == 200
         assert r.content_type == "text/javascript"
         assert "sendBeacon" in await r.text()
+
+
+async def test_an_item_cannot_claim_the_collectors_stamp(
+    stack: WebStack, http: aiohttp.ClientSession
+) -> None:
+    forged = event(
+        collected={"site": "other", "key": "server", "received_at": "2026-11-02T00:00:00Z"}
+    )
+    status, body = await track(http, stack, {"batch": [forged, event()]})
+    assert status == 202, body
+    first, second = body["results"]
+    assert first["status"] == "rejected"
+    assert first["field"] == "collected"
+    assert second["status"] == "accepted"

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from events import DeadLetter, Rejection, decode
+from events import DeadLetter, InputEvent, Rejection, decode
 from events.tracking import BehaviourTracked
 from workers.ingest import PAYLOAD_PREFIX_BYTES
 from workers.web.context import WebContext, context, problem
@@ -143,7 +143,12 @@ def triage(
     accepted = 0
     for index, item in enumerate(items):
         raw = serialise(complete(item, request, now))
-        found = decode("events", raw, max_bytes=ctx.settings.max_message_bytes)
+        found: InputEvent | Rejection
+        if isinstance(item, dict) and "collected" in item:
+            # The collector's own stamp: a client claiming it would forge its trust.
+            found = Rejection("schema", "collected: is set by the collector only", "collected")
+        else:
+            found = decode("events", raw, max_bytes=ctx.settings.max_message_bytes)
         if isinstance(found, BehaviourTracked):
             accepted += 1
             results.append({"index": index, "status": "accepted", "event_id": found.event_id})
