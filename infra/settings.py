@@ -84,6 +84,10 @@ class Settings(BaseSettings):
         default=None,
         description="collector write keys, one per site: site=key[,site=key]; unset = 401",
     )
+    http_server_keys: SecretStr | None = Field(
+        default=None,
+        description="secret collector keys of sites' own servers: site=key[,site=key]",
+    )
     http_cors_origins: str = Field(
         default="",
         description="comma-separated origins allowed to call the collector from a browser",

@@ -23,6 +23,7 @@ from scoring.lifecycle import advance_by_time, disqualify, on_outcome
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score, fit_score, priority, raw_behaviour_score
 from scoring.state import ANON_PREFIX, MAX_LINKED_IDS, LeadState, event_key, with_key
+from scoring.trust import counts
 
 Event = BehaviourTracked | ProfileUpdated | OutcomeRecorded
 
@@ -131,7 +132,8 @@ def _on_behaviour(d: Draft, event: BehaviourTracked) -> None:
     gained = info.gained if info is not None and event.occurred_at >= info.since else None
     raw_total = 0.0
     score: float | None = None  # the raw behaviour score at ``now`` (read once, then carried)
-    for rule in matching_rules(event, rules.behaviour):
+    # An unvouched browser unsubscribe is recorded but credits nothing (scoring/trust.py).
+    for rule in matching_rules(event, rules.behaviour) if counts(event) else ():
         c = credit(caps, rule, event, rules)
         before = read(groups, now) if score is None else score
         groups = add(groups, c.half_life_days, c.anchor, c.points)

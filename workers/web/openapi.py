@@ -18,6 +18,10 @@ from infra.calllist import CallListEntry
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 REF = "#/components/schemas/{model}"
+_KEYS = (
+    "a site's browser key (public, LEADCYCLE_HTTP_WRITE_KEYS) or server key (secret, "
+    "LEADCYCLE_HTTP_SERVER_KEYS); see docs/http.md, Trust model"
+)
 
 
 def _hoist(schema: dict[str, Any], into: dict[str, Any]) -> dict[str, Any]:
@@ -62,9 +66,33 @@ def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
     }
 
 
+def _track_fields(schema: dict[str, Any]) -> None:
+    """A collector item: the event, without the collector's own stamp, with the request fields
+    the collector reads and takes out (docs/http.md, "Trust model" and "Device clocks")."""
+    props = schema["properties"]
+    props.pop("collected", None)  # set by the collector; an item carrying it is rejected
+    props["lead_id"]["description"] = (
+        "server keys only: an item naming a lead with a browser key is rejected"
+    )
+    props["sent_at"] = {
+        "type": "string",
+        "format": "date-time",
+        "description": "the device's clock when it sent the request; with it, occurred_at "
+        "(the device's creation time) is corrected: received_at - (sent_at - occurred_at)",
+    }
+    props["email_signature"] = {
+        "type": "string",
+        "maxLength": 128,
+        "description": "hex HMAC-SHA256 of the lower-cased email keyed with the site's server "
+        "key: lets a browser identify link to a known lead and a browser unsubscribe apply",
+    }
+
+
 def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     _optional(BehaviourTracked, "TrackEvent", schemas, "event_id", "occurred_at")
+    _track_fields(schemas["TrackEvent"])
+    schemas.pop("Collected", None)  # only the topic's messages carry it
     _optional(OutcomeRecorded, "OutcomeIn", schemas, "event_id", "occurred_at")
     entry = TypeAdapter(CallListEntry).json_schema(ref_template=REF, mode="serialization")
     schemas["CallListEntry"] = _hoist(entry, schemas)
@@ -89,7 +117,8 @@ def _schemas() -> dict[str, Any]:
         "type": "object",
         "properties": {
             "index": {"type": "integer"},
-            "status": {"enum": ["accepted", "rejected"]},
+            # bot: published and logged (disposition bot), never scored
+            "status": {"enum": ["accepted", "bot", "rejected"]},
             "event_id": {"type": "string"},
             "reason": {"type": "string"},
             "field": {"type": ["string", "null"]},
@@ -101,10 +130,11 @@ def _schemas() -> dict[str, Any]:
         "type": "object",
         "properties": {
             "accepted": {"type": "integer"},
+            "bots": {"type": "integer"},
             "rejected": {"type": "integer"},
             "results": {"type": "array", "items": {"$ref": REF.format(model="ItemResult")}},
         },
-        "required": ["accepted", "rejected", "results"],
+        "required": ["accepted", "bots", "rejected", "results"],
     }
     return schemas
 
@@ -132,9 +162,11 @@ def _paths() -> dict[str, Any]:
                     },
                 },
                 "responses": {
-                    "202": _json("TrackResult", "handed to Kafka; per-item results"),
+                    "202": _json(
+                        "TrackResult", "handed to Kafka (scored or, as bots, logged); per item"
+                    ),
                     "400": _error("malformed JSON or not an event / batch"),
-                    "401": _error("missing or unknown write key"),
+                    "401": _error("missing or unknown write key (browser or server)"),
                     "403": _error("Origin not allowed"),
                     "413": _error("body or batch over the limit"),
                     "422": _json("TrackResult", "every item rejected (all dead-lettered)"),
@@ -268,8 +300,18 @@ def build_openapi() -> dict[str, Any]:
         "components": {
             "schemas": _schemas(),
             "securitySchemes": {
-                "writeKeyHeader": {"type": "apiKey", "in": "header", "name": "X-Leadcycle-Key"},
-                "writeKeyQuery": {"type": "apiKey", "in": "query", "name": "key"},
+                "writeKeyHeader": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Leadcycle-Key",
+                    "description": _KEYS,
+                },
+                "writeKeyQuery": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "key",
+                    "description": _KEYS,
+                },
                 "salesToken": {"type": "http", "scheme": "bearer"},
             },
         },

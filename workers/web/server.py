@@ -142,7 +142,7 @@ def web_context(settings: Settings, endpoints: Endpoints, pool: Callable[[], Any
     return WebContext(
         settings=settings,
         producer=EdgeProducer(endpoints.kafka_url, timeout=settings.http_publish_timeout),
-        write_keys=WriteKeys(parse_pairs("LEADCYCLE_HTTP_WRITE_KEYS", settings.http_write_keys)),
+        write_keys=WriteKeys.from_settings(settings),
         sales=SalesTokens(
             by_rep=parse_pairs("LEADCYCLE_SALES_REP_TOKENS", settings.sales_rep_tokens),
             admin=(
