@@ -289,8 +289,12 @@ class LeadProcessor:
         of an email nobody has yet makes the lead, as a sign-up form would. A signed browser
         unsubscribe (a signed link) is about the lead of its email.
         """
-        if not isinstance(event, BehaviourTracked) or event.lead_id or event.email is None:
+        if not isinstance(event, BehaviourTracked):
             return cls._subject(event, links, by_email), False
+        identify = event.type == "identify" and event.anonymous_id is not None
+        if event.lead_id or event.email is None:
+            # Naming the lead is vouching for it: browser keys cannot (the collector refuses).
+            return cls._subject(event, links, by_email), identify
         if event.type == "unsubscribe" and _by_email(event):
             return by_email.get(event.email) or cls._subject(event, links, by_email), False
         if event.type != "identify":
@@ -298,7 +302,7 @@ class LeadProcessor:
         known = event.email in by_email or event.email in claimed
         if known and not vouched(event) and event.anonymous_id:
             return links.get(event.anonymous_id) or f"{ANON_PREFIX}{event.anonymous_id}", False
-        return cls._subject(event, links, by_email), event.anonymous_id is not None
+        return cls._subject(event, links, by_email), identify
 
     @staticmethod
     def _subject(event: InputEvent, links: dict[str, str], by_email: dict[str, str]) -> str:
