@@ -22,7 +22,7 @@ from infra.kafka import produce_all
 from tests.http.conftest import WebStack
 from tests.http.records import publish_hot_lead, read_topic
 from tests.integration.workerproc import eventually
-from workers.web.auth import sign_email
+from workers.web.auth import ConfigError, WriteKeys, sign_email
 
 pytestmark = pytest.mark.integration
 
@@ -373,3 +373,11 @@ async def test_every_event_records_its_site_and_key(
         received = datetime.fromisoformat(stamp["received_at"])
         assert before - timedelta(seconds=1) <= received <= datetime.now(UTC)
         assert stamp.get("email_verified") in (None, False)
+
+
+def test_a_key_cannot_be_both_public_and_secret() -> None:
+    with pytest.raises(ConfigError, match="LEADCYCLE_HTTP_SERVER_KEYS"):
+        WriteKeys({"www": "same"}, {"shop": "same"})
+    keys = WriteKeys({"www": "public"}, {"www": "secret"})
+    assert keys.email_signed("www", "A@B.example ", sign_email("secret", "a@b.example"))
+    assert not keys.email_signed("shop", "a@b.example", sign_email("secret", "a@b.example"))
