@@ -56,14 +56,15 @@ async def links(conn: asyncpg.Connection) -> dict[str, str]:
 
 
 async def identify_assignments(conn: asyncpg.Connection) -> dict[str, str]:
-    """event id -> lead, for ``identify`` events that carried an email but no lead id.
+    """event id -> lead, for ``identify`` (and signed ``unsubscribe``) events that carried an
+    email but no lead id.
 
     The worker sent such an event to the oldest lead with that email *at the time*, which the
     log does not record; the lead whose state holds the event's digest is the one it chose.
     """
     found = await conn.fetch(
         """SELECT event_id, payload->>'email' AS email FROM event_log
-            WHERE topic = 'events' AND type = 'identify' AND lead_id IS NULL
+            WHERE topic = 'events' AND type IN ('identify', 'unsubscribe') AND lead_id IS NULL
               AND disposition = 'accepted' AND payload->>'email' IS NOT NULL"""
     )
     if not found:

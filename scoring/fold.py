@@ -49,9 +49,9 @@ class Fold:
         links: anonymous ids already known to belong to a lead (``identity_links``): their
             events go straight to that lead. Without it the first ``identify`` of an
             anonymous id, in fold order, links it.
-        assigned: event id -> subject, for ``identify`` events without a lead id whose lead
-            was resolved elsewhere (the worker's lookup by email). Without it such an event
-            is about ``email:<email>``.
+        assigned: event id -> subject, for ``identify`` (and signed ``unsubscribe``) events
+            without a lead id whose lead was resolved elsewhere (the worker's lookup by
+            email). Without it such an identify is about ``email:<email>``.
     """
 
     def __init__(
@@ -76,6 +76,8 @@ class Fold:
             return event.lead_id or ""
         if event.type == "identify" and event.email and self._links(event):
             return self.assigned.get(event.event_id) or f"email:{event.email}"
+        if event.type == "unsubscribe" and event.event_id in self.assigned:
+            return self.assigned[event.event_id]  # a signed link: the lead of its email
         anonymous_id = event.anonymous_id or ""
         return self.links.get(anonymous_id) or f"{ANON_PREFIX}{anonymous_id}"
 

@@ -61,3 +61,14 @@ def test_the_fold_keeps_an_unsigned_unassigned_identify_on_the_visitor() -> None
     fold.add(visit)
     fold.add(forged)
     assert fold.merged == {"anon:a1": "email:v@x.example"}
+
+
+def test_the_fold_sends_a_signed_unsubscribe_where_the_worker_did() -> None:
+    signed = stamped(
+        behaviour("unsubscribe", lead=None, anonymous_id="a2", email="u@x.example"),
+        verified=True,
+    )
+    fold = Fold(RULES, now=T0 + hours(1), assigned={signed.event_id: "L7"})
+    [decision] = fold.add(signed)
+    assert decision.state.lead_id == "L7"
+    assert [e.rule_id for e in decision.ledger] == ["unsubscribe"]
