@@ -16,6 +16,11 @@ ALTER TABLE event_log
     -- and `occurred_at` holds the time the event was scored at instead; NULL: unchanged.
     ADD COLUMN stated_occurred_at timestamptz;
 UPDATE event_log SET source = topic, qualified_id = event_id;
+-- Events logged with a clock more than 5 minutes (LEADCYCLE_MAX_FUTURE_SKEW's default) ahead of
+-- when they were logged get the time the worker now scores such events at: `leadcycle replay`
+-- then re-anchors the leads a skewed clock froze (docs/operations.md, "Event time").
+UPDATE event_log SET stated_occurred_at = occurred_at, occurred_at = received_at
+ WHERE occurred_at > received_at + interval '5 minutes';
 ALTER TABLE event_log
     ALTER COLUMN source SET NOT NULL,
     ALTER COLUMN qualified_id SET NOT NULL,

@@ -85,6 +85,16 @@ async def test_0004_keys_logged_events_by_source_and_still_recognises_them(
                        '{"event_id": "crm-5042"}')""",
             at,
         )
+        logged_at = datetime(2026, 11, 2, tzinfo=UTC)
+        skewed = datetime(2028, 11, 2, tzinfo=UTC)  # a clock two years ahead
+        await conn.execute(
+            """INSERT INTO event_log (event_id, topic, type, subject, lead_id, occurred_at,
+                                      received_at, source, payload)
+               VALUES ('skewed-1', 'events', 'demo_request', 'L1', 'L1', $1, $2, 'events:0:8',
+                       '{"event_id": "skewed-1"}')""",
+            skewed,
+            logged_at,
+        )
         applied = await db.migrate(conn)
         assert applied[0].startswith("0004_")
         row = await conn.fetchrow(
@@ -99,6 +109,13 @@ async def test_0004_keys_logged_events_by_source_and_still_recognises_them(
             "stated_occurred_at": None,
             "occurred_at": at,
         }
+
+        # Logged before the clamp: now scored at the time it was logged, the stated time kept.
+        fixed = await conn.fetchrow(
+            """SELECT occurred_at, stated_occurred_at FROM event_log
+                WHERE event_id = 'skewed-1'"""
+        )
+        assert tuple(fixed) == (logged_at, skewed)
 
         def logged(topic: str) -> LoggedEvent:
             return LoggedEvent(
@@ -121,7 +138,7 @@ async def test_0004_keys_logged_events_by_source_and_still_recognises_them(
         async with conn.transaction():
             new = await store.log_events(conn, [logged("events"), logged("outcomes")])
         assert new == {("outcomes", "crm-5042")}  # the redelivery is recognised
-        assert await conn.fetchval("SELECT count(*) FROM event_log") == 2
+        assert await conn.fetchval("SELECT count(*) FROM event_log") == 3
     finally:
         await conn.close()
         await drop_database(services.server_dsn, name)
