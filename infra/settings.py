@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         default=64 * 1024, description="input messages larger than this are dead-lettered"
     )
+    max_future_skew: float = Field(
+        default=300.0,
+        ge=0,
+        description="seconds an event's occurred_at may be ahead of its receive time; further"
+        " ahead = a skewed clock: scored at the receive time (the stated time is kept)",
+    )
     bot_pattern: str | None = Field(
         default=None,
         description="regex of bot user agents to drop (unset = built-in crawlers/link scanners)",

@@ -135,11 +135,16 @@ def _on_behaviour(d: Draft, event: BehaviourTracked) -> None:
     # An unvouched browser unsubscribe is recorded but credits nothing (scoring/trust.py).
     for rule in matching_rules(event, rules.behaviour) if counts(event) else ():
         c = credit(caps, rule, event, rules)
+        # Never anchored after ``now``: a group's reference would move ahead of the time it
+        # is read at, and every real event of the group would be read decayed towards it
+        # while this one never decays (an event dated ahead by a skewed clock). The worker
+        # already scores such an event at its receive time; this holds for any caller.
+        anchor = min(c.anchor, now)
         before = read(groups, now) if score is None else score
-        groups = add(groups, c.half_life_days, c.anchor, c.points)
-        ref = newest_of(groups, c.half_life_days) or c.anchor
+        groups = add(groups, c.half_life_days, anchor, c.points)
+        ref = newest_of(groups, c.half_life_days) or anchor
         if gained is not None:
-            gained = add(gained, c.half_life_days, c.anchor, c.points)
+            gained = add(gained, c.half_life_days, anchor, c.points)
         raw_total += c.raw
         score = read(groups, now)
         d.ledger.append(
@@ -153,9 +158,9 @@ def _on_behaviour(d: Draft, event: BehaviourTracked) -> None:
                 occurred_at=event.occurred_at,
                 raw_points=c.raw,
                 points=c.points,
-                anchor=c.anchor,
+                anchor=anchor,
                 half_life_days=c.half_life_days,
-                decayed_points=worth(c.points, c.anchor, c.half_life_days, now, ref),
+                decayed_points=worth(c.points, anchor, c.half_life_days, now, ref),
                 score_before=before,
                 score_after=score,
             )

@@ -83,6 +83,7 @@ class Runtime(Service):
             max_message_bytes=self.settings.max_message_bytes,
             bots=BotFilter(self.settings.bot_pattern or DEFAULT_BOT_PATTERN),
             apply=self.processor.apply_events,
+            max_future_skew=self.settings.max_future_skew,
         )
 
     async def on_stop(self) -> None:

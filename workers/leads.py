@@ -26,6 +26,7 @@ from infra.store import OutboxRecord
 from scoring.assignment import assign
 from scoring.decision import Decision, FollowupDecision
 from scoring.engine import apply, stitch, sweep
+from scoring.intake import admitted
 from scoring.ledger import LedgerEntry
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score, weigh
@@ -370,8 +371,8 @@ class LeadProcessor:
         if anon is None or anon.merged_into is not None or lead.state.anonymous:
             return
         history = [
-            BehaviourTracked.model_validate_json(p)
-            for p in await leadstore.anonymous_history(conn, subject)
+            admitted(BehaviourTracked.model_validate_json(p), qualified_id, at)
+            for p, qualified_id, at in await leadstore.anonymous_history(conn, subject)
         ]
         decision = stitch(lead.state, anon.state, history, self.rules, now=now)
         lead.decisions.append(decision)
