@@ -19,6 +19,7 @@ import pytest
 
 from infra import db
 from infra.kafka import produce_all
+from scoring.intake import split
 from tests.http.conftest import WebStack
 from tests.http.records import publish_hot_lead, read_topic
 from tests.integration.workerproc import eventually
@@ -120,8 +121,10 @@ async def lead_exists(stack: WebStack, conn: asyncpg.Connection, lead: str) -> N
 
 
 async def ledger_events(conn: asyncpg.Connection, lead: str) -> set[str]:
+    """The producers' ids of the events credited to ``lead`` (the ledger holds qualified ids,
+    ``<source>|<event id>``)."""
     rows = await conn.fetch("SELECT event_id FROM score_ledger WHERE lead_id = $1", lead)
-    return {r["event_id"] for r in rows}
+    return {split(r["event_id"])[1] for r in rows}
 
 
 async def test_a_forged_identify_neither_merges_nor_hides_the_victims_demo_request(
@@ -173,7 +176,8 @@ async def test_a_forged_identify_neither_merges_nor_hides_the_victims_demo_reque
     assert anon["merged_into"] is None
     # The unsubscribes credited nothing, not even to the attacker's own visitor.
     unsubscribes = await conn.fetchval(
-        "SELECT count(*) FROM score_ledger WHERE event_id = ANY($1) AND rule_id = 'unsubscribe'",
+        "SELECT count(*) FROM score_ledger"
+        " WHERE split_part(event_id, '|', 2) = ANY($1) AND rule_id = 'unsubscribe'",
         ids,
     )
     assert unsubscribes == 0
@@ -297,7 +301,8 @@ async def test_unsubscribes_from_a_browser_need_a_signed_link(
     async def credited(lead_id: str, event_id: str) -> bool:
         return bool(
             await conn.fetchval(
-                "SELECT 1 FROM score_ledger WHERE lead_id = $1 AND event_id = $2"
+                "SELECT 1 FROM score_ledger"
+                " WHERE lead_id = $1 AND split_part(event_id, '|', 2) = $2"
                 " AND rule_id = 'unsubscribe' AND points < 0",
                 lead_id,
                 event_id,
