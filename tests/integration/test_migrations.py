@@ -8,15 +8,15 @@ import pytest
 
 from infra import db
 from infra.postgres import drop_database, ensure_database
-from tests.conftest import RunningServices
+from tests.conftest import TEST_MARKER, RunningServices
 
 pytestmark = pytest.mark.integration
 
 
 async def test_all_migrations_apply_to_an_empty_database(services: RunningServices) -> None:
     name = "leadcycle_migration_check"
-    await drop_database(services.server_dsn, name)
-    dsn = await ensure_database(services.server_dsn, name)
+    await drop_database(services.server_dsn, name, marker=TEST_MARKER)
+    dsn = await ensure_database(services.server_dsn, name, marker=TEST_MARKER)
     try:
         conns = [await db.connect(dsn) for _ in range(3)]
         # Three workers starting at once: the advisory lock lets exactly one apply each file.
@@ -42,7 +42,7 @@ async def test_all_migrations_apply_to_an_empty_database(services: RunningServic
         for c in conns:
             await c.close()
     finally:
-        await drop_database(services.server_dsn, name)
+        await drop_database(services.server_dsn, name, marker=TEST_MARKER)
 
 
 def test_migration_files_are_numbered_and_ordered() -> None:
