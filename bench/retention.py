@@ -58,7 +58,7 @@ class Discard:
 
 def visitors(n: int, k: int, seed: int = 11) -> list[Incoming]:
     rng = random.Random(seed)
-    out = []
+    out: list[Incoming] = []
     for v in range(n):
         anon = f"a-{rng.getrandbits(64):016x}"
         at = NOW - timedelta(days=500, minutes=rng.randint(0, 60 * 24 * 30))
