@@ -29,17 +29,22 @@ from infra.leadstore import subject_lock_key
 #: Subject written over a purged event's ``anon:<id>``: the log keeps no visitor identifier.
 PURGED_SUBJECT = "purged"
 
-# Whether the leads row ``l`` is a visitor the retention applies to at cutoff ``$C``. Used
-# by the scan and again, on the locked rows, by the purge. ``substr(.., 6)`` strips "anon:".
+# Whether the leads row ``l`` is a visitor the retention applies to at cutoff ``{cutoff}``; the
+# scan and, on the locked rows, the purge use it. A CASE so the cheap tests go first and the
+# identity checks run only for visitors old enough; scalar subqueries with LIMIT so each check
+# is an index probe per visitor (an EXISTS may be planned as a hash of all of event_log).
+# ``substr(.., 6)`` strips "anon:".
 _EXPIRED = """
-    l.anonymous AND l.merged_into IS NULL AND l.lead_id LIKE 'anon:%'
-    AND coalesce((SELECT max(e.occurred_at) FROM event_log e WHERE e.subject = l.lead_id),
-                 l.created_at) < {cutoff}
-    AND NOT EXISTS (SELECT 1 FROM identity_links i
-                     WHERE i.anonymous_id = substr(l.lead_id, 6))
-    AND NOT EXISTS (SELECT 1 FROM event_log e
-                     WHERE e.anonymous_id = substr(l.lead_id, 6)
-                       AND (e.lead_id IS NOT NULL OR e.type = 'identify'))"""
+    CASE WHEN NOT (l.anonymous AND l.merged_into IS NULL AND l.lead_id LIKE 'anon:%') THEN false
+         WHEN coalesce((SELECT max(e.occurred_at) FROM event_log e WHERE e.subject = l.lead_id),
+                       l.created_at) >= {cutoff} THEN false
+         WHEN (SELECT true FROM identity_links i
+                WHERE i.anonymous_id = substr(l.lead_id, 6) LIMIT 1) THEN false
+         WHEN (SELECT true FROM event_log e
+                WHERE e.anonymous_id = substr(l.lead_id, 6)
+                  AND (e.lead_id IS NOT NULL OR e.type = 'identify') LIMIT 1) THEN false
+         ELSE true
+    END"""
 
 
 @dataclass(frozen=True)
@@ -68,13 +73,11 @@ async def scan(conn: asyncpg.Connection, *, cutoff: datetime, limit: int) -> Sca
     expired at ``cutoff``. Reads only; moves no cursor (see :func:`advance`)."""
     after = await conn.fetchval("SELECT after FROM retention_cursor WHERE id = 1")
     rows = await conn.fetch(
-        f"""WITH scanned AS MATERIALIZED (
-                SELECT lead_id FROM leads
-                 WHERE anonymous AND merged_into IS NULL AND lead_id > $1
-                 ORDER BY lead_id LIMIT $2)
-            SELECT s.lead_id, (SELECT {_EXPIRED.format(cutoff="$3")}) AS expired
-              FROM scanned s JOIN leads l USING (lead_id)
-             ORDER BY s.lead_id""",
+        f"""SELECT l.lead_id, ({_EXPIRED.format(cutoff="$3")}) AS expired
+              FROM (SELECT lead_id, anonymous, merged_into, created_at FROM leads
+                     WHERE anonymous AND merged_into IS NULL AND lead_id > $1
+                     ORDER BY lead_id LIMIT $2) AS l
+             ORDER BY l.lead_id""",
         after or "",
         limit,
         cutoff,
