@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from infra import db
+from infra import db, leadstore
 from infra.retention import PURGED_SUBJECT
 from infra.settings import Settings
 from scoring.rules import load_rules
@@ -181,15 +181,27 @@ async def test_sweep_purges_expired_visitors_and_keeps_the_guarantees(scenario: 
         assert len(kept["leads"]) == 3, kept
         assert kept["links"], kept
 
-        # Sweeps examine at most `limit` visitors each: several rounds purge them all.
+        # Sweeps examine at most `limit` visitors each: several rounds purge them all. A
+        # visitor a batch holds (its subject's advisory lock) is skipped until it is free.
         rules = load_rules(ROOT / "rules" / "default.toml")
         processor = LeadProcessor(rules, sc.topics, Assignment(("rep-1",), 25))
+        batch = await db.connect(sc.dsn)
+        held = batch.transaction()
+        await held.start()
+        await leadstore.lock_subjects(batch, ["anon:old-0"])
         purged: list[int] = []
         for _ in range(6):
             report, _, _ = await sweep_once(pool, processor, now=NOW, limit=2, retention=RETENTION)
             assert report.ran
             purged.append(report.purged)
         assert all(n <= 2 for n in purged), purged
+        assert sum(purged) == len(EXPIRED) - 1, purged
+        assert await conn.fetchval("SELECT count(*) FROM leads WHERE lead_id = 'anon:old-0'")
+        await held.commit()
+        await batch.close()
+        for _ in range(3):  # the cursor comes round to it again
+            report, _, _ = await sweep_once(pool, processor, now=NOW, limit=2, retention=RETENTION)
+            purged.append(report.purged)
         assert sum(purged) == len(EXPIRED), purged
 
         after = await purged_state(conn, expired_ids)
