@@ -224,9 +224,10 @@ async def drop_database(server_dsn: str, name: str, *, marker: str) -> bool:
     if found is None:
         return False
     if found != wanted:
+        seen = f"its comment is {found!r}" if found else "it has no comment"
         raise NotOurDatabase(
             f"refusing to drop database {name!r}: it exists but was not created by leadcycle "
-            f"for this purpose (its comment is {found!r}, expected {wanted!r}). Drop or rename "
+            f"for this purpose ({seen}; leadcycle's mark would be {wanted!r}). Drop or rename "
             "it yourself if it is disposable, or set LEADCYCLE_DATABASE_NAME so leadcycle "
             "derives other names"
         )

@@ -49,8 +49,10 @@ def say(text: str) -> None:
 
 def run_demo(settings: Settings, *, leads: int, seed: int, timeout: float) -> int:
     with ExitStack() as cleanup:
-        kafka_url = _broker(settings, cleanup.callback)
+        # The database first: a name taken by someone else's database stops the demo before
+        # it has started anything.
         dsn = _database(settings, cleanup.callback)
+        kafka_url = _broker(settings, cleanup.callback)
         asyncio.run(_prepare(settings, kafka_url, dsn))
         worker = _start_worker(settings, kafka_url, dsn)
         cleanup.callback(worker.stop)
