@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,11 @@ import asyncpg
 import pytest
 
 from infra import db, leadstore
+from infra.postgres import drop_database, ensure_database
 from infra.retention import PURGED_SUBJECT
 from infra.settings import Settings
 from scoring.rules import load_rules
+from tests.conftest import TEST_MARKER, RunningServices
 from tests.integration.conftest import Scenario
 from tests.integration.kafkatools import produce_all
 from tests.integration.workerproc import WorkerProcess, eventually
@@ -248,3 +251,33 @@ async def test_sweep_purges_expired_visitors_and_keeps_the_guarantees(scenario: 
         assert rescored == 0
     finally:
         await conn.close()
+
+
+async def test_migration_widens_whatever_disposition_check_it_finds(
+    services: RunningServices,
+) -> None:
+    """0005 adds 'purged' to the disposition check as an earlier migration left it (another
+    migration may have changed the list): here one that also allows 'clamped'."""
+    name = f"lc_retmig_{uuid.uuid4().hex[:8]}"
+    dsn = await ensure_database(services.server_dsn, name, marker=TEST_MARKER)
+    conn = await db.connect(dsn)
+    try:
+        for m in db.migrations():
+            if m.version < "0005":
+                await conn.execute(m.sql)
+        await conn.execute(
+            """ALTER TABLE event_log DROP CONSTRAINT event_log_disposition_check;
+               ALTER TABLE event_log ADD CONSTRAINT disposition_known
+                   CHECK (disposition IN ('accepted', 'bot', 'clamped'))"""
+        )
+        await conn.execute(next(m for m in db.migrations() if m.version == "0005").sql)
+        insert = """INSERT INTO event_log (event_id, topic, type, subject, occurred_at,
+                                           disposition, payload)
+                    VALUES ($1, 'events', 'page_view', 'anon:x', now(), $1, '{}')"""
+        for allowed in ("accepted", "bot", "clamped", "purged"):
+            await conn.execute(insert, allowed)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(insert, "nonsense")
+    finally:
+        await conn.close()
+        await drop_database(services.server_dsn, name, marker=TEST_MARKER)
