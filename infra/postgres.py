@@ -202,13 +202,17 @@ async def database_marker(server_dsn: str, name: str) -> str | None:
     database."""
     conn = await asyncpg.connect(server_dsn)
     try:
-        row = await conn.fetchrow(
-            """SELECT coalesce(shobj_description(oid, 'pg_database'), '') AS comment
-                 FROM pg_database WHERE datname = $1""",
-            name,
-        )
+        return await _comment(conn, name)
     finally:
         await conn.close()
+
+
+async def _comment(conn: asyncpg.Connection, name: str) -> str | None:
+    row = await conn.fetchrow(
+        """SELECT coalesce(shobj_description(oid, 'pg_database'), '') AS comment
+             FROM pg_database WHERE datname = $1""",
+        name,
+    )
     return None if row is None else str(row["comment"])
 
 
@@ -220,19 +224,21 @@ async def drop_database(server_dsn: str, name: str, *, marker: str) -> bool:
     is never dropped: :class:`NotOurDatabase` is raised instead, naming it.
     """
     wanted = marker_comment(marker)
-    found = await database_marker(server_dsn, _ident(name))
-    if found is None:
-        return False
-    if found != wanted:
-        seen = f"its comment is {found!r}" if found else "it has no comment"
-        raise NotOurDatabase(
-            f"refusing to drop database {name!r}: it exists but was not created by leadcycle "
-            f"for this purpose ({seen}; leadcycle's mark would be {wanted!r}). Drop or rename "
-            "it yourself if it is disposable, or set LEADCYCLE_DATABASE_NAME so leadcycle "
-            "derives other names"
-        )
     conn = await asyncpg.connect(server_dsn)
     try:
+        found = await _comment(conn, _ident(name))
+        if found is None:
+            return False
+        if found != wanted:
+            seen = f"its comment is {found!r}" if found else "it has no comment"
+            raise NotOurDatabase(
+                f"refusing to drop database {name!r}: it exists but was not created by "
+                f"leadcycle for this purpose ({seen}; leadcycle's mark would be {wanted!r}). "
+                "Drop or rename it yourself if it is disposable, or set "
+                "LEADCYCLE_DATABASE_NAME so leadcycle derives other names"
+            )
+        # DROP DATABASE cannot run in a transaction with the check; the same session right
+        # after it is as close as PostgreSQL allows.
         await conn.execute(f'DROP DATABASE IF EXISTS "{_ident(name)}" WITH (FORCE)')
     finally:
         await conn.close()
