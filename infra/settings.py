@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -25,7 +26,10 @@ class Settings(BaseSettings):
     )
     database_name: str = Field(
         default="leadcycle",
-        description="database created and used on the local server when database_url is unset",
+        pattern=r"^[A-Za-z0-9_]+$",
+        max_length=57,
+        description="database created and used on the local server when database_url is unset; "
+        "the demo and the bench use <name>_demo and <name>_bench",
     )
     state_dir: Path = Field(
         default=Path(".leadcycle"),
@@ -71,6 +75,12 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(
         default=30.0, gt=0, description="seconds between sweeps for SLA, revisit dates, overdue"
     )
+    anonymous_retention_days: int = Field(
+        default=395,
+        ge=0,
+        description="days after its newest event an anonymous visitor that never identified "
+        "is purged by the sweep (395 = 13 months, the tracker cookie's life); 0 = keep forever",
+    )
     web_port: int = Field(default=6066, description="HTTP port of the worker")
     web_enabled: bool = Field(default=False, description="serve the worker's HTTP endpoints")
     log_level: str = Field(default="info", description="worker log level")
@@ -82,6 +92,12 @@ class Settings(BaseSettings):
     @property
     def topics(self) -> TopicNames:
         return TopicNames(self.topic_prefix)
+
+    @property
+    def anonymous_retention(self) -> timedelta | None:
+        """How long an anonymous-only visitor is kept after its newest event; None = forever."""
+        days = self.anonymous_retention_days
+        return timedelta(days=days) if days else None
 
     # --- HTTP edge (workers/web, docs/http.md) -------------------------------------------------
     # Secrets have no default: unset means the endpoints that need them answer 401.

@@ -201,7 +201,10 @@ def create_app(settings: Settings, endpoints: Endpoints) -> faust.App:
             return
         try:
             _, ids, records = await sweep_once(
-                runtime.pool, runtime.processor, now=datetime.now(UTC)
+                runtime.pool,
+                runtime.processor,
+                now=datetime.now(UTC),
+                retention=settings.anonymous_retention,
             )
             await runtime.ingestor.publish_committed(ids, records)
         except Exception as exc:  # the sweep is retried on its next tick

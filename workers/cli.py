@@ -213,7 +213,8 @@ def sweep(at: str | None) -> None:
     else:
         click.echo(
             f"swept at {now.isoformat()}: {report.leads} leads checked, "
-            f"{report.overdue} follow-ups newly overdue, {report.outputs} messages"
+            f"{report.overdue} follow-ups newly overdue, {report.outputs} messages, "
+            f"{report.purged} anonymous visitors purged"
         )
 
 

@@ -10,15 +10,15 @@ import pytest
 from infra import db, store
 from infra.postgres import drop_database, ensure_database
 from infra.store import LoggedEvent
-from tests.conftest import RunningServices
+from tests.conftest import TEST_MARKER, RunningServices
 
 pytestmark = pytest.mark.integration
 
 
 async def test_all_migrations_apply_to_an_empty_database(services: RunningServices) -> None:
     name = "leadcycle_migration_check"
-    await drop_database(services.server_dsn, name)
-    dsn = await ensure_database(services.server_dsn, name)
+    await drop_database(services.server_dsn, name, marker=TEST_MARKER)
+    dsn = await ensure_database(services.server_dsn, name, marker=TEST_MARKER)
     try:
         conns = [await db.connect(dsn) for _ in range(3)]
         # Three workers starting at once: the advisory lock lets exactly one apply each file.
@@ -44,7 +44,7 @@ async def test_all_migrations_apply_to_an_empty_database(services: RunningServic
         for c in conns:
             await c.close()
     finally:
-        await drop_database(services.server_dsn, name)
+        await drop_database(services.server_dsn, name, marker=TEST_MARKER)
 
 
 def test_migration_files_are_numbered_and_ordered() -> None:
@@ -63,8 +63,8 @@ async def test_0004_keys_logged_events_by_source_and_still_recognises_them(
     their leads' applied sets and ledger hold): a redelivery of such a message is still
     recognised, while the same id from another source is a new event."""
     name = "leadcycle_migration_0004"
-    await drop_database(services.server_dsn, name)
-    dsn = await ensure_database(services.server_dsn, name)
+    await drop_database(services.server_dsn, name, marker=TEST_MARKER)
+    dsn = await ensure_database(services.server_dsn, name, marker=TEST_MARKER)
     conn = await db.connect(dsn)
     try:
         await conn.execute(
@@ -141,4 +141,4 @@ async def test_0004_keys_logged_events_by_source_and_still_recognises_them(
         assert await conn.fetchval("SELECT count(*) FROM event_log") == 3
     finally:
         await conn.close()
-        await drop_database(services.server_dsn, name)
+        await drop_database(services.server_dsn, name, marker=TEST_MARKER)
