@@ -271,9 +271,10 @@ async def test_migration_widens_whatever_disposition_check_it_finds(
                    CHECK (disposition IN ('accepted', 'bot', 'clamped'))"""
         )
         await conn.execute(next(m for m in db.migrations() if m.version == "0005").sql)
-        insert = """INSERT INTO event_log (event_id, topic, type, subject, occurred_at,
-                                           disposition, payload)
-                    VALUES ($1, 'events', 'page_view', 'anon:x', now(), $1, '{}')"""
+        insert = """INSERT INTO event_log (event_id, source, qualified_id, topic, type, subject,
+                                           occurred_at, disposition, payload)
+                    VALUES ($1, 'events', 'events|' || $1, 'events', 'page_view', 'anon:x',
+                            now(), $1, '{}')"""
         for allowed in ("accepted", "bot", "clamped", "purged"):
             await conn.execute(insert, allowed)
         with pytest.raises(asyncpg.CheckViolationError):
