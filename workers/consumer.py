@@ -120,6 +120,7 @@ class InputConsumer(Service):
         self._limit: dict[TopicPartition, int] = {}
         self._known_bad: dict[TopicPartition, BadBatch] = {}
         self._rotation = 0
+        self._observed_at = 0.0
 
     async def on_start(self) -> None:
         self.consumer = AIOKafkaConsumer(
@@ -164,6 +165,10 @@ class InputConsumer(Service):
         consumer = self.consumer
         while not self.should_stop:
             self._resume_due(consumer)
+            if time.monotonic() - self._observed_at >= 1.0:
+                # Once a second, not per record: an idle partition that is caught up keeps
+                # its stall clock fresh, so new input to it is not mistaken for a stall.
+                await self._observe(consumer, wait=0.05)
             try:
                 fetched, failed = await self._fetch(consumer)
             except ConsumerStoppedError:
@@ -339,25 +344,28 @@ class InputConsumer(Service):
         Lag is the high watermark of the last fetch response minus the position (not
         ``end_offsets``: tansu's ListOffsets answers short, see docs/operations.md).
         """
-        consumer = self.consumer
-        if consumer is None:
+        if self.consumer is None:
             return []
+        return await self._observe(self.consumer, wait=1.0)
+
+    async def _observe(self, consumer: AIOKafkaConsumer, *, wait: float) -> list[dict[str, Any]]:
+        """Refresh each partition's progress clock; return those stalled."""
         now = time.monotonic()
+        self._observed_at = now
         stuck: list[dict[str, Any]] = []
         for tp in sorted(consumer.assignment()):
             highwater = consumer.highwater(tp)
             if highwater is None:
                 continue  # no fetch response yet
             try:
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(wait):
                     position = await consumer.position(tp)
             except (KafkaError, TimeoutError):
-                continue  # revoked meanwhile, or no position yet
+                continue  # revoked meanwhile, or its position is being reset
             seen, since = self._progress.get(tp, (None, now))
-            if highwater <= position or (seen is not None and seen != position):
-                self._progress[tp] = (position, now)
+            if highwater <= position or seen != position:
+                self._progress[tp] = (position, now)  # caught up, moved, or first seen
                 continue
-            self._progress[tp] = (position, since)
             if now - since >= self.stall_seconds:
                 stuck.append(
                     {
