@@ -60,6 +60,8 @@ Failed = dict[TopicPartition, BaseException]
 #: (doubled each time: 0.5 + 1 + 2 + 4 s). A refetch cures corruption in transit, not in the log.
 UNDECODABLE_RETRIES = 4
 UNDECODABLE_FIRST_WAIT = 0.5
+#: Polls that wait without reading after a decode failure no partition could be named for.
+BLIND_ROUNDS = 20
 
 
 class _WaitForBatch(ConsumerRebalanceListener):
@@ -120,6 +122,7 @@ class InputConsumer(Service):
         self._limit: dict[TopicPartition, int] = {}
         self._known_bad: dict[TopicPartition, BadBatch] = {}
         self._rotation = 0
+        self._blind_rounds = 0
         self._observed_at = 0.0
 
     async def on_start(self) -> None:
@@ -226,19 +229,25 @@ class InputConsumer(Service):
         fetched: Fetched = {}
         failed: Failed = {}
         await self._drain(consumer, fetched, failed)
+        if failed:
+            self._blind_rounds = 0  # the failure has a name now
         if fetched or failed:
+            return fetched, failed
+        if self._blind_rounds > 0:
+            # A failure the waiting read could not attribute: aiokafka refetches it only
+            # after the pass above cleared the failed result, and the waiting read would catch
+            # it first again. Wait without reading, so the next pass names the partition.
+            self._blind_rounds -= 1
+            await asyncio.sleep(self.poll_wait)
             return fetched, failed
         try:
             # At most one record: an exception here cannot discard another partition's records.
-            first = await consumer.getmany(
-                timeout_ms=int(self.poll_wait * 1000), max_records=1
-            )
+            first = await consumer.getmany(timeout_ms=int(self.poll_wait * 1000), max_records=1)
         except Exception as exc:
             if not is_undecodable(exc):
                 raise  # ConsumerStoppedError and broker errors: the poll loop handles them
-            # Some partition failed to decode, unnamed. Its refetch is buffered after a short
-            # wait, and the next partition-by-partition pass then names it.
-            await asyncio.sleep(self.poll_wait)
+            log.debug("a partition's batch cannot be decoded (%r); finding which", exc)
+            self._blind_rounds = BLIND_ROUNDS
             return fetched, failed
         for tp, records in first.items():
             fetched[tp] = list(records)

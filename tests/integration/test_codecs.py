@@ -147,7 +147,9 @@ async def test_compressed_producer_is_consumed_and_scored(stack: Stack, codec: s
     assert "UnsupportedCodecError" not in stack.worker.log()
 
 
-def crafted_batch(events: list[bytes], *, codec: int, payload: bytes | None = None) -> bytes:
+def crafted_batch(
+    events: list[bytes], *, codec: int, payload: bytes | None = None, bad_crc: bool = False
+) -> bytes:
     """A v2 record batch whose codec bits say ``codec``, with a valid CRC (so it is stored as
     sent and fails only where it is decoded); ``payload`` replaces the records section."""
     builder = DefaultRecordBatchBuilder(
@@ -169,7 +171,7 @@ def crafted_batch(events: list[bytes], *, codec: int, payload: bytes | None = No
         raw[8:12] = (len(raw) - 12).to_bytes(4, "big")  # batch length after itself
     attributes = int.from_bytes(raw[21:23], "big")
     raw[21:23] = ((attributes & ~0x07) | codec).to_bytes(2, "big")
-    raw[17:21] = calc_crc32c(bytes(raw[21:])).to_bytes(4, "big")
+    raw[17:21] = (calc_crc32c(bytes(raw[21:])) ^ (0xFFFF if bad_crc else 0)).to_bytes(4, "big")
     return bytes(raw)
 
 
@@ -197,16 +199,19 @@ async def readyz(base: str) -> tuple[int, dict[str, Any]]:
         return r.status, await r.json()
 
 
+# tansu refuses a batch whose codec id is unknown (5-7: UNKNOWN_SERVER_ERROR at produce), so
+# UnsupportedCodecError cannot reach a consumer through it; it stores a bad CRC and corrupt
+# compressed bytes as sent, which is what these cases produce.
 @pytest.mark.parametrize(
-    ("label", "codec", "payload"),
+    ("label", "codec", "payload", "bad_crc"),
     [
-        ("unknown codec id", 5, None),
-        ("corrupt gzip payload", 1, b"\x1f\x8b\x08\x00garbage, not deflate" * 4),
-        ("corrupt zstd payload", 4, b"\x28\xb5\x2f\xfd not a zstd frame" * 4),
+        ("bad CRC", 0, None, True),
+        ("corrupt gzip payload", 1, b"\x1f\x8b\x08\x00garbage, not deflate" * 4, False),
+        ("corrupt zstd payload", 4, b"\x28\xb5\x2f\xfd not a zstd frame" * 4, False),
     ],
 )
 async def test_undecodable_batch_is_dead_lettered_and_the_partition_moves_on(
-    stack: Stack, label: str, codec: int, payload: bytes | None
+    stack: Stack, label: str, codec: int, payload: bytes | None, bad_crc: bool
 ) -> None:
     run = uuid.uuid4().hex[:8]
     topics, kafka_url = stack.scenario.topics, stack.scenario.services.kafka_url
@@ -234,7 +239,10 @@ async def test_undecodable_batch_is_dead_lettered_and_the_partition_moves_on(
     )
     bad_events = [page_view(f"{run}-inside-{i}", visitor) for i in range(4)]
     error = await produce_raw(
-        kafka_url, topics.events, partition, crafted_batch(bad_events, codec=codec, payload=payload)
+        kafka_url,
+        topics.events,
+        partition,
+        crafted_batch(bad_events, codec=codec, payload=payload, bad_crc=bad_crc),
     )
     assert error == 0, f"the broker refused the crafted batch ({label}): error code {error}"
     await send(after, partition)
