@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     batch_within: float = Field(
         default=0.25, gt=0, description="seconds a poll waits for input when none has arrived"
     )
+    stall_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="/readyz answers 503 when a partition with lag makes no progress this long",
+    )
     max_message_bytes: int = Field(
         default=64 * 1024, description="input messages larger than this are dead-lettered"
     )

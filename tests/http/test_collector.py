@@ -226,7 +226,12 @@ async def test_health_readiness_and_openapi(stack: WebStack, http: aiohttp.Clien
         assert r.status == 200
     async with http.get(f"{stack.base}/readyz") as r:
         assert r.status == 200
-        assert await r.json() == {"status": "ready", "broker": True, "database": True}
+        assert await r.json() == {
+            "status": "ready",
+            "broker": True,
+            "database": True,
+            "stalled_partitions": [],
+        }
     async with http.get(f"{stack.base}/openapi.json") as r:
         served = await r.json()
     assert served == json.loads(await asyncio.to_thread(DOC_PATH.read_text))

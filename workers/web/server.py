@@ -78,12 +78,24 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 async def readyz(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
-    broker, database = await asyncio.gather(ctx.producer.reachable(), _database_ok(ctx))
-    ready = broker and database
+    broker, database, stalled = await asyncio.gather(
+        ctx.producer.reachable(), _database_ok(ctx), _stalled_partitions(ctx)
+    )
+    ready = broker and database and not stalled
     return web.json_response(
-        {"status": "ready" if ready else "not ready", "broker": broker, "database": database},
+        {
+            "status": "ready" if ready else "not ready",
+            "broker": broker,
+            "database": database,
+            # input partitions with lag that made no progress for LEADCYCLE_STALL_SECONDS
+            "stalled_partitions": stalled,
+        },
         status=200 if ready else 503,
     )
+
+
+async def _stalled_partitions(ctx: WebContext) -> list[dict[str, Any]]:
+    return [] if ctx.stalled is None else await ctx.stalled()
 
 
 async def _database_ok(ctx: WebContext) -> bool:
