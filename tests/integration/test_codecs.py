@@ -26,7 +26,7 @@ from aiokafka.record.util import calc_crc32c
 from infra import db
 from infra.postgres import drop_database
 from infra.processes import free_port
-from tests.conftest import RunningServices
+from tests.conftest import TEST_MARKER, RunningServices
 from tests.integration.conftest import Scenario, make_scenario
 from tests.integration.kafkatools import consume_all, produce_all
 from tests.integration.workerproc import WorkerProcess, eventually
@@ -76,7 +76,7 @@ async def stack(services: RunningServices) -> AsyncIterator[Stack]:
     finally:
         worker.stop()
         await conn.close()
-        await drop_database(services.server_dsn, scenario.name)
+        await drop_database(services.server_dsn, scenario.name, marker=TEST_MARKER)
     assert worker.proc is not None
     assert worker.proc.returncode == 0, worker.log()[-3000:]
 
@@ -292,7 +292,7 @@ async def test_undecodable_batch_is_dead_lettered_and_the_partition_moves_on(
     letter = letters[0]
     # The batch came after the messages before it: its base offset is past theirs.
     first_after = await stack.conn.fetchval(
-        "SELECT min(split_part(source, ':', 3)::bigint) FROM event_log WHERE event_id = ANY($1)",
+        "SELECT min(split_part(position, ':', 3)::bigint) FROM event_log WHERE event_id = ANY($1)",
         after,
     )
     assert letter["offset"] == first_after - len(bad_events)
