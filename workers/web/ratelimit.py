@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 #: Buckets kept at most (one costs ~320 bytes with a (site, IPv4) key: ~16 MB at the cap).
 MAX_CLIENTS = 50_000
@@ -37,9 +37,18 @@ class _Bucket:
 class RateLimiter:
     """Token buckets keyed by client: ``rate`` tokens a second, ``burst`` at most."""
 
-    def __init__(self, rate: float, burst: int, *, max_clients: int = MAX_CLIENTS) -> None:
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        max_clients: int = MAX_CLIENTS,
+        group: Callable[[Hashable], Hashable] | None = None,
+    ) -> None:
         if rate <= 0 or burst < 1 or max_clients < 1:
             raise ValueError("a rate limit needs rate > 0, burst >= 1 and max_clients >= 1")
+        #: Maps a client to the key its bucket is kept under (e.g. an IPv6 address to its /64).
+        self.group = group
         self.rate = rate
         self.burst = burst
         self.max_clients = max_clients
@@ -57,6 +66,28 @@ class RateLimiter:
         Returns 0.0 when the request may go ahead, else the seconds until a token is available
         (nothing is spent then: a refused request does not push the client further back).
         """
+        bucket = self._bucket(client, now)
+        if bucket.tokens >= 1 - _EPSILON:
+            bucket.tokens = max(bucket.tokens - 1, 0.0)
+            return 0.0
+        return (1 - bucket.tokens) / self.rate
+
+    def wait(self, client: Hashable, now: float) -> float:
+        """The seconds until ``client`` has a token at ``now`` (0.0: it has one); spends none.
+
+        For limits that charge only some outcomes (a bad token): ask first, ``take`` after.
+        """
+        if self.group is not None:
+            client = self.group(client)
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            return 0.0
+        tokens = min(self.burst, bucket.tokens + max(0.0, now - bucket.stamp) * self.rate)
+        return 0.0 if tokens >= 1 - _EPSILON else (1 - tokens) / self.rate
+
+    def _bucket(self, client: Hashable, now: float) -> _Bucket:
+        if self.group is not None:
+            client = self.group(client)
         self._forget_idle(now)
         bucket = self._buckets.get(client)
         if bucket is None:
@@ -69,10 +100,7 @@ class RateLimiter:
                 bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
                 bucket.stamp = now
             self._buckets.move_to_end(client)
-        if bucket.tokens >= 1 - _EPSILON:
-            bucket.tokens = max(bucket.tokens - 1, 0.0)
-            return 0.0
-        return (1 - bucket.tokens) / self.rate
+        return bucket
 
     def _forget_idle(self, now: float) -> None:
         # Stamps grow from the front to the back (every use moves a bucket to the back).
