@@ -28,6 +28,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from events.topics import TopicNames
 from infra import db
@@ -39,7 +41,7 @@ from tests.http.records import read_topic
 from tests.integration.workerproc import ROOT, WorkerProcess, eventually
 from workers.render import csv_cell, printable, terminal_text
 from workers.web.auth import Principal, SalesTokens
-from workers.web.clients import Clients, parse_address, rate_key
+from workers.web.clients import Clients, parse_address, parse_networks, rate_key
 from workers.web.ratelimit import RateLimiter
 from workers.web.security import ConnectionGuard
 
@@ -114,13 +116,12 @@ async def guarded(services: RunningServices) -> AsyncIterator[Guarded]:
                 )
                 return bool(found)
 
-            await eventually(listed, seconds=60, what="the hostile lead's follow-up",
-                             workers=(worker,))
+            await eventually(
+                listed, seconds=60, what="the hostile lead's follow-up", workers=(worker,)
+            )
         finally:
             await conn.close()
-        yield Guarded(
-            services, worker, base, port, topics, run, rep, token, admin, write_key, lead
-        )
+        yield Guarded(services, worker, base, port, topics, run, rep, token, admin, write_key, lead)
     finally:
         worker.stop()
 
@@ -187,22 +188,25 @@ def assert_hardened(headers: Any, *, page: bool = False) -> None:
 
 
 async def test_csv_download_neutralises_formulas(guarded: Guarded) -> None:
-    async with session() as http, http.get(
-        f"{guarded.base}/v1/call-lists?format=csv", headers=bearer(guarded.token)
-    ) as r:
+    async with (
+        session() as http,
+        http.get(f"{guarded.base}/v1/call-lists?format=csv", headers=bearer(guarded.token)) as r,
+    ):
         assert r.status == 200
         text = await r.text()
         disposition = r.headers["Content-Disposition"]
         assert_hardened(r.headers)
-    assert re.fullmatch(r'attachment; filename="call-list-rep-s-\w+-\d{4}-\d\d-\d\d\.csv"',
-                        disposition)
+    assert re.fullmatch(
+        r'attachment; filename="call-list-rep-s-\w+-\d{4}-\d\d-\d\d\.csv"', disposition
+    )
     rows = [row for row in csv.DictReader(io.StringIO(text)) if row["lead_id"] == guarded.lead]
     assert len(rows) == 1
     row = rows[0]
     assert row["company"] == "'" + FORMULAS["company_name"]
     assert row["job_title"] == "'" + FORMULAS["job_title"]
     assert row["email"] == "'" + FORMULAS["email"]
-    assert "\x1b" not in text and "\x07" not in text
+    assert "\x1b" not in text
+    assert "\x07" not in text
     for cells in csv.reader(io.StringIO(text)):
         assert not any(c.startswith(("=", "+", "-", "@", "\t", "\r")) for c in cells), cells
 
@@ -224,22 +228,28 @@ def test_cli_prints_no_escape_sequences(guarded: Guarded) -> None:
     assert guarded.lead in table or "Acme" in table or "HYPERLINK" in table
     assert "/pricing" in table
     text = cli(guarded, "lead", guarded.lead)
-    assert "HYPERLINK" in text and "+cmd" in text
+    assert "HYPERLINK" in text
+    assert "+cmd" in text
     for out in (table, text):
         assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", out), repr(out)
         assert "pwned" not in out  # the whole OSC sequence went, not just its ESC
     as_json = cli(guarded, "calllist", "--rep", guarded.rep, "--format", "json")
-    assert "\x1b" not in as_json and "\\u001b" in as_json  # escaped, the value kept
+    assert "\x1b" not in as_json
+    assert "\\u001b" in as_json
     [entry] = [e for e in json.loads(as_json) if e["lead_id"] == guarded.lead]
     assert any(URL_ATTACK.split("/", 3)[3] in a for a in entry["recent_activity"])
     as_csv = cli(guarded, "calllist", "--rep", guarded.rep, "--format", "csv")
-    assert "'=HYPERLINK" in as_csv and "\x1b" not in as_csv
-    assert subprocess.run(
-        [sys.executable, "-m", "workers.cli", "calllist", "--date", "9999-12-31"],
-        cwd=ROOT,
-        env={**os.environ, "LEADCYCLE_DATABASE_URL": guarded.services.database_dsn},
-        capture_output=True,
-    ).returncode == 2  # a usage error, not a traceback
+    assert "'=HYPERLINK" in as_csv
+    assert "\x1b" not in as_csv
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "workers.cli", "calllist", "--date", "9999-12-31"],
+            cwd=ROOT,
+            env={**os.environ, "LEADCYCLE_DATABASE_URL": guarded.services.database_dsn},
+            capture_output=True,
+        ).returncode
+        == 2
+    )  # a usage error, not a traceback
 
 
 def test_terminal_and_csv_helpers() -> None:
@@ -247,7 +257,14 @@ def test_terminal_and_csv_helpers() -> None:
     assert printable("one\ntwo\r\tthree") == "one two three"
     assert printable("\x1bc\x1b(0x") == "x"
     assert [csv_cell(v) for v in ("=1", "+1", "-1", "@x", "\t=1", "\r=1", "a=1", 3.5)] == [
-        "'=1", "'+1", "'-1", "'@x", "'\t=1", "'\r=1", "a=1", 3.5
+        "'=1",
+        "'+1",
+        "'-1",
+        "'@x",
+        "'\t=1",
+        "'\r=1",
+        "a=1",
+        3.5,
     ]
     assert csv_cell("\x1b[0m=1") == "'=1"  # a formula hidden behind an escape is still one
 
@@ -286,8 +303,9 @@ def cookie_of(response: aiohttp.ClientResponse) -> tuple[str, str]:
     return value, header
 
 
-async def login(http: aiohttp.ClientSession, guarded: Guarded, token: str,
-                **headers: str) -> aiohttp.ClientResponse:
+async def login(
+    http: aiohttp.ClientSession, guarded: Guarded, token: str, **headers: str
+) -> aiohttp.ClientResponse:
     return await http.post(
         f"{guarded.base}/call-list/login",
         data={"rep": "", "token": token},
@@ -352,8 +370,13 @@ async def test_session_cookie_is_signed_not_the_token(guarded: Guarded) -> None:
 async def test_secure_flag_follows_https_and_the_setting(guarded: Guarded) -> None:
     # Through the trusted proxy, which says its client spoke https: Secure.
     async with session(PROXY) as http:
-        r = await login(http, guarded, guarded.token, **{"X-Forwarded-Proto": "https"},
-                        Origin=f"https://127.0.0.1:{guarded.port}")
+        r = await login(
+            http,
+            guarded,
+            guarded.token,
+            **{"X-Forwarded-Proto": "https"},
+            Origin=f"https://127.0.0.1:{guarded.port}",
+        )
         assert r.status == 303
         _, header = cookie_of(r)
         r.release()
@@ -449,11 +472,14 @@ async def test_trusted_proxy_header_only_when_configured(guarded: Guarded) -> No
     )
     for ip, headers, expected in cases:
         event_id = f"sec-{uuid.uuid4().hex}"
-        async with session(ip) as http, http.post(
-            url,
-            json={"event_id": event_id, "type": "page_view", "anonymous_id": f"v-{event_id}"},
-            headers={"X-Leadcycle-Key": guarded.write_key, **headers},
-        ) as r:
+        async with (
+            session(ip) as http,
+            http.post(
+                url,
+                json={"event_id": event_id, "type": "page_view", "anonymous_id": f"v-{event_id}"},
+                headers={"X-Leadcycle-Key": guarded.write_key, **headers},
+            ) as r,
+        ):
             assert r.status == 202, await r.text()
         ids[event_id] = expected
     records = await read_topic(
@@ -474,13 +500,15 @@ def test_ipv6_clients_are_grouped_by_64() -> None:
     assert rate_key(None) == ""
     assert str(parse_address("[2001:db8::1]:443")) == "2001:db8::1"
     assert str(parse_address('"192.0.2.1:80"')) == "192.0.2.1"
-    assert parse_address("unknown") is None and parse_address("_hidden") is None
+    assert parse_address("unknown") is None
+    assert parse_address("_hidden") is None
     limiter = RateLimiter(1, 2, group=lambda k: rate_key(str(k)))
     assert limiter.take("2001:db8::1", 0) == 0
     assert limiter.take("2001:db8::2", 0) == 0
     assert limiter.take("2001:db8::ffff:3", 0) > 0  # one /64, one bucket
     assert limiter.take("2001:db8:0:1::1", 0) == 0
-    assert limiter.wait("2001:db8::9", 0) > 0 and limiter.wait("192.0.2.1", 0) == 0
+    assert limiter.wait("2001:db8::9", 0) > 0
+    assert limiter.wait("192.0.2.1", 0) == 0
 
 
 def test_connection_guard_closes_slow_and_surplus_connections() -> None:
@@ -492,7 +520,7 @@ def test_connection_guard_closes_slow_and_surplus_connections() -> None:
         def force_close(self) -> None:
             self.closed = True
 
-    trusted = Clients(trusted=tuple(__import__("ipaddress").ip_network(n) for n in ["10.0.0.1"]))
+    trusted = Clients(trusted=parse_networks("test", "10.0.0.1"))
     guard = ConnectionGuard(timeout=10, max_per_client=3, clients=trusted)
     many = [Conn("2001:db8::1"), Conn("2001:db8::2"), Conn("2001:db8::3"), Conn("2001:db8::4")]
     proxy = [Conn("10.0.0.1") for _ in range(5)]
@@ -542,7 +570,9 @@ async def test_slow_connections_are_closed(guarded: Guarded) -> None:
     heads = [(b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"X-a: b\r\n")] * 40 + [
         (  # a body that never finishes
             b"POST /v1/outcomes HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
-            + b"Authorization: Bearer " + guarded.token.encode() + b"\r\n\r\n{",
+            + b"Authorization: Bearer "
+            + guarded.token.encode()
+            + b"\r\n\r\n{",
             b" ",
         )
     ] * 10
@@ -584,7 +614,8 @@ async def test_malformed_headers_and_parameters_get_4xx(guarded: Guarded) -> Non
         b'GET /call-list HTTP/1.1\r\nHost: x\r\nCookie: leadcycle_sales="v1.r\r\n\r\n',
         b"GET /call-list HTTP/1.1\r\nHost: x\r\nCookie: ;;==;leadcycle_sales\r\n\r\n",
         b"GET /v1/call-lists?rep=%ff%fe HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-        + tok + b"\r\n\r\n",
+        + tok
+        + b"\r\n\r\n",
         b"POST /call-list/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-"
         b"urlencoded\r\nContent-Length: 12\r\n\r\ntoken=%ff%fe",
         b"POST /call-list/login HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
@@ -606,7 +637,7 @@ async def test_malformed_headers_and_parameters_get_4xx(guarded: Guarded) -> Non
         "date=9999-12-31",
         "date=0001-01-01",
         "date=%00",
-        "date=２０２６-01-01",
+        "date=\uff12\uff10\uff12\uff16-01-01",  # full-width digits
         "limit=²",
         "limit=99999999999999999999",
         "limit=-1",
@@ -624,3 +655,43 @@ async def test_malformed_headers_and_parameters_get_4xx(guarded: Guarded) -> Non
                 f"{guarded.base}/call-list?{query}", headers=bearer(guarded.admin)
             ) as r:
                 assert r.status < 500, (query, r.status)
+
+
+_FUZZ_CLIENTS = iter(range(1, 60_000))
+query_text = st.one_of(
+    st.text(max_size=24),
+    st.binary(max_size=12).map(lambda b: "".join(f"%{x:02x}" for x in b)),
+    st.sampled_from(["", "%", "%zz", "%00", "9999-12-31", "0000-00-00", "1e9", "²", "-0"]),
+)
+header_bytes = st.binary(max_size=40).filter(lambda b: b"\r" not in b and b"\n" not in b)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    path=st.sampled_from(["/v1/call-lists", "/call-list"]),
+    params=st.dictionaries(
+        st.sampled_from(["rep", "date", "limit", "format", "recorded", "x"]),
+        query_text,
+        max_size=4,
+    ),
+    auth=st.one_of(st.none(), header_bytes, st.just(b"admin")),
+    cookie=st.one_of(st.none(), header_bytes),
+)
+async def test_fuzzed_sales_requests_never_get_5xx(
+    guarded: Guarded,
+    path: str,
+    params: dict[str, str],
+    auth: bytes | None,
+    cookie: bytes | None,
+) -> None:
+    n = next(_FUZZ_CLIENTS)
+    query = "&".join(f"{k}={v.replace(' ', '%20').replace('#', '%23')}" for k, v in params.items())
+    lines = [f"GET {path}?{query} HTTP/1.1".encode(errors="surrogateescape"), b"Host: x"]
+    if auth is not None:
+        token = guarded.admin.encode() if auth == b"admin" else auth
+        lines.append(b"Authorization: Bearer " + token)
+    if cookie is not None:
+        lines.append(b"Cookie: leadcycle_sales=" + cookie)
+    request = b"\r\n".join(lines) + b"\r\nConnection: close\r\n\r\n"
+    status = await raw_status(guarded, request, f"127.4.{n // 250}.{n % 250 + 1}")
+    assert status < 500, request
