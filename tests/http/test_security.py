@@ -513,8 +513,10 @@ def test_ipv6_clients_are_grouped_by_64() -> None:
 
 def test_connection_guard_closes_slow_and_surplus_connections() -> None:
     class Conn:
-        def __init__(self, ip: str) -> None:
-            self.transport = SimpleNamespace(get_extra_info=lambda _: (ip, 1234))
+        def __init__(self, ip: str, unsent: int = 0) -> None:
+            self.transport = SimpleNamespace(
+                get_extra_info=lambda _: (ip, 1234), get_write_buffer_size=lambda: unsent
+            )
             self.closed = False
 
         def force_close(self) -> None:
@@ -525,7 +527,8 @@ def test_connection_guard_closes_slow_and_surplus_connections() -> None:
     many = [Conn("2001:db8::1"), Conn("2001:db8::2"), Conn("2001:db8::3"), Conn("2001:db8::4")]
     proxy = [Conn("10.0.0.1") for _ in range(5)]
     busy = Conn("192.0.2.1")
-    conns: list[Any] = [*many, *proxy, busy]
+    sending = Conn("192.0.2.2", unsent=65536)  # an answer still going out to a slow link
+    conns: list[Any] = [*many, *proxy, busy, sending]
     guard.sweep(conns, 0.0)
     assert sum(c.closed for c in many) == 1  # one /64: 4 connections, 3 allowed
     assert not any(c.closed for c in proxy)  # a trusted proxy carries many clients
@@ -533,6 +536,7 @@ def test_connection_guard_closes_slow_and_surplus_connections() -> None:
     guard.sweep([c for c in conns if not c.closed], 10.0)
     assert all(c.closed for c in many + proxy)  # idle for the whole timeout
     assert not busy.closed  # inside a handler: its body has a deadline of its own
+    assert not sending.closed
     guard.finished(busy, 10.0)  # type: ignore[arg-type]
     guard.sweep([busy], 15.0)
     assert not busy.closed

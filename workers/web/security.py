@@ -110,7 +110,7 @@ class ConnectionGuard:
         for protocol in connections:
             opened = self._opened.setdefault(protocol, now)
             idle_since = max(opened, self._answered.get(protocol, opened))
-            if protocol not in self._busy and now - idle_since >= self.timeout:
+            if _idle(protocol, self._busy) and now - idle_since >= self.timeout:
                 self.closed_slow += 1
                 protocol.force_close()
                 continue
@@ -123,7 +123,7 @@ class ConnectionGuard:
             if surplus <= 0:
                 continue
             # The newest idle ones go: a client's working connections are left alone.
-            idle = sorted((p for p in held if p not in self._busy), key=lambda p: -self._opened[p])
+            idle = sorted((p for p in held if _idle(p, self._busy)), key=lambda p: -self._opened[p])
             for protocol in idle[:surplus]:
                 self.closed_surplus += 1
                 protocol.force_close()
@@ -137,6 +137,15 @@ class ConnectionGuard:
             found = server()
             if found is not None:
                 self.sweep(found.connections, time.monotonic())
+
+
+def _idle(protocol: RequestHandler, busy: dict[RequestHandler, int]) -> bool:
+    """Neither inside a handler nor still sending an answer (a large CSV to a slow link is
+    not a slow request: the connection cap bounds how many of those one client holds)."""
+    if protocol in busy:
+        return False
+    transport = protocol.transport
+    return transport is None or not transport.get_write_buffer_size()
 
 
 def _peer(protocol: RequestHandler) -> str | None:
@@ -279,16 +288,12 @@ def _harden(response: web.StreamResponse) -> None:
 async def protect(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Headers, sales limits, the body deadline and no internals in errors, for every route."""
     found = security(request)
-    if request.path in SALES_PATHS:
-        refused = _sales_gate(found, request)
-        if refused is not None:
-            _harden(refused)
-            return refused
     protocol = request.protocol
     found.guard.started(protocol)
     deadline = _body_deadline(found, request)
     try:
-        response = await handler(request)
+        refused = _sales_gate(found, request) if request.path in SALES_PATHS else None
+        response = refused if refused is not None else await handler(request)
     except web.HTTPException as exc:
         _harden(exc)
         raise
