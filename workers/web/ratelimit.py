@@ -1,4 +1,5 @@
-"""Per-client token buckets for the collector: pure, the time passed in (monotonic seconds).
+"""Per-client token buckets (collector, sales endpoints, bad credentials): pure, the time passed
+in (monotonic seconds).
 
 A client may send ``burst`` requests at once and ``rate`` a second sustained. Each bucket holds
 ``tokens`` as of ``stamp``; a request refills it by the time passed (up to ``burst``) and then
@@ -10,8 +11,11 @@ Memory is bounded twice over:
   is what a client never seen gets, so it carries no information and is dropped (buckets are
   kept in the order they were last used, so the idle ones are at the front: O(1) a request);
 - at most ``max_clients`` buckets are kept. A new client past the cap drops the least recently
-  seen one, which starts again from a full bucket if it comes back: at the cap the limit can
-  only err in a client's favour, never refuse one that is within it.
+  seen one, which starts again from a full bucket if it comes back: its first request back is
+  admitted, whatever its old bucket held. From there its bucket runs on its own, so for a while
+  it can be refused up to one token's time before the old bucket would have been (and admitted
+  where that would not): the price of bounded memory, paid only by clients dropped at the cap
+  (tests/unit/test_ratelimit.py has the case hypothesis found).
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ class RateLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+    def __contains__(self, client: Hashable) -> bool:
+        """Whether ``client`` has a bucket (one never seen, forgotten or evicted has none)."""
+        return (self.group(client) if self.group is not None else client) in self._buckets
 
     def take(self, client: Hashable, now: float) -> float:
         """Spend one of ``client``'s tokens at ``now``.
