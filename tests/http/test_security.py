@@ -455,9 +455,13 @@ async def test_sales_requests_are_rate_limited(guarded: Guarded) -> None:
             async with http.get(f"{guarded.base}/v1/call-lists") as r:  # no token: 401, free
                 return r.status
 
+        began = time.monotonic()
         statuses = await asyncio.gather(*(one() for _ in range(120)))
+        seconds = time.monotonic() - began
     assert set(statuses) <= {401, 429}
-    assert statuses.count(429) >= 120 - 40 - 20 * 5  # burst 40, then 20/s; well under 5 s
+    assert 429 in statuses
+    # The burst (40) plus what refilled at 20/s while the requests were in flight got through.
+    assert statuses.count(401) <= 40 + 20 * seconds + 1, (statuses.count(401), seconds)
 
 
 async def test_trusted_proxy_header_only_when_configured(guarded: Guarded) -> None:
