@@ -44,6 +44,7 @@ from workers.web.auth import Principal, SalesTokens
 from workers.web.clients import Clients, parse_address, parse_networks, rate_key
 from workers.web.ratelimit import RateLimiter
 from workers.web.security import ConnectionGuard
+from workers.web.server import _site_client
 
 READ_TIMEOUT = 2.0
 MAX_CONNECTIONS = 20
@@ -512,6 +513,9 @@ def test_ipv6_clients_are_grouped_by_64() -> None:
     assert limiter.take("2001:db8::ffff:3", 0) > 0  # one /64, one bucket
     assert limiter.take("2001:db8:0:1::1", 0) == 0
     assert limiter.wait("2001:db8::9", 0) > 0
+    # The collector's buckets are (site, client): its IPv6 clients count by /64 as well.
+    assert _site_client(("site", "2001:db8::1")) == _site_client(("site", "2001:db8::abcd"))
+    assert _site_client(("site", "2001:db8::1")) != _site_client(("other", "2001:db8::1"))
     assert limiter.wait("192.0.2.1", 0) == 0
 
 
@@ -628,6 +632,8 @@ async def test_malformed_headers_and_parameters_get_4xx(guarded: Guarded) -> Non
         b"urlencoded\r\nContent-Length: 12\r\n\r\ntoken=%ff%fe",
         b"POST /call-list/login HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
         b"boundary=zz\r\nContent-Length: 10\r\n\r\n--zz\r\nbad!",
+        b"POST /call-list/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-"
+        b"urlencoded\r\nContent-Length: 22\r\n\r\nrep=%ff%fe&token=wrong",
         b"POST /call-list/login HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data\r\n"
         b"Content-Length: 2\r\n\r\nxx",
         b"POST /call-list/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-"
