@@ -135,8 +135,12 @@ class ConnectionGuard:
         while True:
             await asyncio.sleep(period)
             found = server()
-            if found is not None:
+            if found is None:
+                continue
+            try:
                 self.sweep(found.connections, time.monotonic())
+            except Exception:  # a bug here must not end the sweeps: log it, sweep again
+                log.exception("connection guard sweep failed")
 
 
 def _idle(protocol: RequestHandler, busy: dict[RequestHandler, int]) -> bool:
