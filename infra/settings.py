@@ -143,3 +143,46 @@ class Settings(BaseSettings):
     sales_admin_token: SecretStr | None = Field(
         default=None, description="bearer token that sees every rep's call list"
     )
+    # --- HTTP edge protections (docs/http.md, "Protections") -----------------------------------
+    http_trusted_proxies: str = Field(
+        default="",
+        description="comma-separated addresses/CIDRs of reverse proxies whose X-Forwarded-For, "
+        "Forwarded and X-Forwarded-Proto are believed; unset = the TCP peer is the client",
+    )
+    http_read_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds a connection may take to send a request's head (from connect or "
+        "the previous answer) and, separately, its body; then it is closed",
+    )
+    http_max_connections_per_client: int = Field(
+        default=64,
+        ge=0,
+        description="open connections one client address (IPv6: its /64) may hold; more are "
+        "closed; 0 = no cap; trusted proxies are exempt",
+    )
+    sales_rate_limit: float = Field(
+        default=5.0,
+        ge=0,
+        description="sales requests (call lists, outcomes, page, sign-in) a second one client "
+        "may sustain; more = 429; 0 = no limit",
+    )
+    sales_rate_burst: int = Field(
+        default=30, ge=1, description="sales requests one client may send at once (bucket)"
+    )
+    sales_auth_failures: int = Field(
+        default=10,
+        ge=1,
+        description="bad sales tokens, cookies or sign-ins one client may send before every "
+        "sales request of it gets 429; then one more a minute",
+    )
+    sales_cookie_secure: bool | None = Field(
+        default=None,
+        description="mark the page's session cookie Secure: true behind a TLS-terminating "
+        "proxy, false never; unset = when the request is https",
+    )
+    sales_origins: str = Field(
+        default="",
+        description="comma-separated origins (scheme://host[:port]) the call-list page's forms "
+        "may be posted from besides the server's own",
+    )

@@ -13,6 +13,7 @@ from scoring.ledger import LedgerEntry, score_from_ledger
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score, priority
 from scoring.state import LeadState
+from workers.render import printable_tree
 
 
 async def explain_lead(
@@ -103,6 +104,9 @@ def _entry(entry: LedgerEntry, stated: datetime | None) -> dict[str, Any]:
 
 
 def render_explanation(doc: dict[str, Any]) -> str:
+    """The explanation as text for a terminal: every string in it made printable first (CRM
+    profiles, tracked labels and reasons are untrusted; workers/render.py says why)."""
+    doc = printable_tree(doc)
     p = doc["profile"]
     check = doc["reproduced_from_ledger"]
     lines = [

@@ -33,6 +33,7 @@ from events.common import EventTime
 from events.tracking import BehaviourTracked
 from workers.bots import DEFAULT_BOT_PATTERN, BotFilter
 from workers.ingest import PAYLOAD_PREFIX_BYTES
+from workers.web import clients
 from workers.web.auth import KeyHolder, WriteKeys
 from workers.web.context import WebContext, context, problem
 from workers.web.producer import BrokerUnavailable
@@ -94,10 +95,10 @@ def parse_items(body: bytes, max_events: int) -> list[Any]:
 
 
 def client_ip(request: web.Request) -> str | None:
-    """The client as the collector sees it: the TCP peer. ``X-Forwarded-For`` is not read (a
-    client could claim any address in it), so behind a proxy this is the proxy. Both
-    ``context.ip`` and the rate limit's client key come from here."""
-    return request.remote
+    """The client as the collector sees it (workers/web/clients.py: the TCP peer, or a trusted
+    proxy's forwarded address). Both ``context.ip`` and the rate limit's client key come from
+    here."""
+    return clients.client_ip(request)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,14 @@ def _error(description: str, *, retry_after: str | None = None) -> dict[str, Any
     return response
 
 
+#: Every sales route: over LEADCYCLE_SALES_RATE_LIMIT, or locked after bad credentials.
+SALES_429 = _error(
+    "over LEADCYCLE_SALES_RATE_LIMIT for this client, or too many bad tokens or sign-ins "
+    "from it (LEADCYCLE_SALES_AUTH_FAILURES)",
+    retry_after="whole seconds until the client's next request is taken",
+)
+
+
 def _json(ref: str, description: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -205,7 +213,8 @@ def _paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": {
-                        "description": "the call list",
+                        "description": "the call list (CSV: a download, "
+                        "Content-Disposition: attachment)",
                         "content": {
                             "application/json": {
                                 "schema": {
@@ -216,9 +225,10 @@ def _paths() -> dict[str, Any]:
                             "text/csv": {"schema": {"type": "string"}},
                         },
                     },
-                    "400": _error("bad date, limit or format"),
+                    "400": _error("bad rep, date, limit or format, or a header that is not UTF-8"),
                     "401": _error("missing or unknown bearer token"),
                     "403": _error("a rep token asked for another rep"),
+                    "429": SALES_429,
                     "503": _error("the database is not connected yet"),
                 },
             }
@@ -240,6 +250,7 @@ def _paths() -> dict[str, Any]:
                     "403": _error("a rep token: another rep, or a lead not on the rep's list"),
                     "413": _error("body over LEADCYCLE_MAX_MESSAGE_BYTES"),
                     "422": _error("not a valid outcome (the error names the field)"),
+                    "429": SALES_429,
                     "503": _error("the broker did not acknowledge: retry"),
                 },
             }
@@ -250,24 +261,44 @@ def _paths() -> dict[str, Any]:
                 "parameters": [_query("rep", "a rep id")],
                 "responses": {
                     "200": {"description": "the page", "content": {"text/html": {}}},
+                    "400": _error("rep is not a rep id"),
                     "401": {"description": "sign-in form", "content": {"text/html": {}}},
                     "403": _error("a rep token asked for another rep"),
+                    "429": SALES_429,
                 },
             }
         },
         "/call-list/login": {
             "post": {
-                "summary": "Sign in to the page: sets an HttpOnly cookie holding the token",
+                "summary": "Sign in to the page: sets a signed session cookie (not the token)",
                 "responses": {
                     "303": {"description": "to the page"},
+                    "400": _error("not a readable form"),
                     "401": {"description": "unknown token"},
+                    "403": _error("Origin is not this server's (or LEADCYCLE_SALES_ORIGINS)"),
+                    "429": SALES_429,
                 },
             }
         },
         "/call-list/outcome": {
             "post": {
                 "summary": "An outcome button on the page (form post, then back to the page)",
-                "responses": {"303": {"description": "recorded; back to the page"}},
+                "responses": {
+                    "303": {"description": "recorded; back to the page"},
+                    "400": _error("not a readable form"),
+                    "401": _error("no or no valid session"),
+                    "403": _error("Origin is not this server's, or not this rep's lead"),
+                    "429": SALES_429,
+                },
+            }
+        },
+        "/call-list/logout": {
+            "post": {
+                "summary": "Sign out of the page: the session cookie is cleared",
+                "responses": {
+                    "303": {"description": "back to the sign-in form"},
+                    "403": _error("Origin is not this server's (or LEADCYCLE_SALES_ORIGINS)"),
+                },
             }
         },
         "/healthz": {
