@@ -55,6 +55,7 @@ MAX_NUMBER_CHARS = 64
 MAX_EXPONENT = 400
 #: A JSON escape of a UTF-16 surrogate (U+D800..U+DFFF); only then can a string hold a lone one.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_FLOAT_RANGE = "numbers must fit a 64-bit float (|x| <= 1.8e308, and 0 or |x| >= 5e-324)"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -110,9 +111,7 @@ def _parse_float(literal: str) -> float | Unstorable:
 
 def _odd_float(literal: str, value: float) -> float | Unstorable:
     if value - value != 0.0:
-        return _unstorable(
-            literal, "is not a finite number: numbers must fit a 64-bit float (|x| <= 1.8e308)"
-        )
+        return _unstorable(literal, f"is not a finite number: {_FLOAT_RANGE}")
     if len(literal) > MAX_NUMBER_CHARS:
         return _unstorable(
             literal,
@@ -124,15 +123,13 @@ def _odd_float(literal: str, value: float) -> float | Unstorable:
             literal, f"has an exponent beyond +/-{MAX_EXPONENT}: numbers must fit a 64-bit float"
         )
     if not value and mantissa.strip("-+0.") != "":
-        return _unstorable(
-            literal,
-            "is too small: a nonzero number must be at least 5e-324 (a 64-bit float)",
-        )
+        return _unstorable(literal, f"is too small: {_FLOAT_RANGE}")
     return value
 
 
 def _parse_constant(literal: str) -> Unstorable:
-    return _unstorable(literal, "is not a JSON number: numbers must be finite")
+    # NaN and Infinity are not JSON; Python's parser takes them, PostgreSQL's does not.
+    return _unstorable(literal, f"is not a finite number: {_FLOAT_RANGE}")
 
 
 def storable_float(literal: str) -> float:
