@@ -164,7 +164,7 @@ def _find_unstorable(doc: Any) -> tuple[str, str] | None:
         if isinstance(value, dict):
             children = []
             for key, item in value.items():
-                where = f"{path}.{_safe(key)}" if path else _safe(key)
+                where = f"{path}.{_shorten(_safe(key))}" if path else _shorten(_safe(key))
                 if _SURROGATE.search(key):
                     return where, "the key holds a lone UTF-16 surrogate (not a Unicode character)"
                 children.append((where, item))
@@ -192,13 +192,23 @@ class Rejection:
     field: str | None = None
 
 
+#: Longest key a rejection quotes whole: an unknown key can be as long as the message.
+MAX_KEY_SHOWN = 64
+
+
+def _shorten(part: str) -> str:
+    if len(part) <= MAX_KEY_SHOWN:
+        return part
+    return f"{part[:MAX_KEY_SHOWN]}...({len(part)} characters)"
+
+
 def describe(exc: ValidationError) -> tuple[str, str | None]:
     """``field: message; ...`` for a pydantic error, and the first offending field."""
     parts = []
     first: str | None = None
     errors = exc.errors(include_url=False)
     for err in errors[:MAX_ERRORS_LISTED]:
-        loc = ".".join(str(p) for p in err["loc"]) or "(message)"
+        loc = ".".join(_shorten(str(p)) for p in err["loc"]) or "(message)"
         first = first or loc
         parts.append(f"{loc}: {err['msg']}")
     if len(errors) > MAX_ERRORS_LISTED:

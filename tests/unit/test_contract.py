@@ -356,3 +356,10 @@ def test_storable_float_makes_unstorable_literals_infinite() -> None:
     assert storable_float("0e5") == 0.0
     for literal in ("1e400", "-1e400", "1e-400", "0e-99999", "0." + "0" * 70 + "1"):
         assert storable_float(literal) in (float("inf"), float("-inf")), literal
+
+
+def test_a_huge_unknown_key_is_named_but_not_quoted_whole() -> None:
+    result = decode("events", raw(behaviour(**{"k" * 60_000: 1})), max_bytes=100_000)
+    assert isinstance(result, Rejection)
+    assert result.field == "k" * 64 + "...(60000 characters)"
+    assert len(result.error) < 200
