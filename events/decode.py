@@ -216,30 +216,10 @@ def describe(exc: ValidationError) -> tuple[str, str | None]:
     return "; ".join(parts), first
 
 
-def decode(topic: str, raw: bytes | None, *, max_bytes: int) -> InputEvent | Rejection:
-    """Decode one message value of input topic ``topic`` (suffix: events/profiles/outcomes)."""
-    model, types = INPUT_MODELS[topic]
-    if not raw:
-        return Rejection("empty", "message value is empty")
-    if len(raw) > max_bytes:
-        return Rejection("too_large", f"message is {len(raw)} bytes; the limit is {max_bytes}")
-    surrogates = False
+def _parse(text: str) -> Any:
+    """The JSON document, or the rejection saying why ``text`` is not JSON."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        try:
-            # Surrogates encoded as if they were characters (CESU-8, or the collector's
-            # ``surrogatepass``): read on, so the rejection can name the field that holds one.
-            text = raw.decode("utf-8", "surrogatepass")
-        except UnicodeDecodeError:
-            return Rejection("invalid_utf8", f"not UTF-8 at byte {exc.start}")
-        surrogates = True
-    if "\\u0000" in text:
-        # Valid JSON, but PostgreSQL text cannot hold NUL: refuse it here, naming the cause.
-        return Rejection("schema", "(message): NUL characters (\\u0000) are not allowed")
-    flagged = _flagged
-    try:
-        doc = _DECODER.decode(text)
+        return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         return Rejection(
             "invalid_json", f"invalid JSON: {exc.msg} at line {exc.lineno} col {exc.colno}"
@@ -248,11 +228,40 @@ def decode(topic: str, raw: bytes | None, *, max_bytes: int) -> InputEvent | Rej
         return Rejection("invalid_json", "invalid JSON: nested too deeply")
     except ValueError as exc:  # e.g. an integer with more digits than Python converts
         return Rejection("invalid_json", f"invalid JSON: {str(exc)[:200]}")
-    if flagged != _flagged or surrogates or _SURROGATE_ESCAPE.search(text):
+
+
+def decode(topic: str, raw: bytes | None, *, max_bytes: int) -> InputEvent | Rejection:
+    """Decode one message value of input topic ``topic`` (suffix: events/profiles/outcomes)."""
+    model, types = INPUT_MODELS[topic]
+    if not raw:
+        return Rejection("empty", "message value is empty")
+    if len(raw) > max_bytes:
+        return Rejection("too_large", f"message is {len(raw)} bytes; the limit is {max_bytes}")
+    not_utf8: Rejection | None = None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        not_utf8 = Rejection("invalid_utf8", f"not UTF-8 at byte {exc.start}")
+        try:
+            # Surrogates encoded as if they were characters (CESU-8, or the collector's
+            # ``surrogatepass``): read on, so the rejection can name the field that holds one.
+            text = raw.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            return not_utf8
+    if "\\u0000" in text:
+        # Valid JSON, but PostgreSQL text cannot hold NUL: refuse it here, naming the cause.
+        return Rejection("schema", "(message): NUL characters (\\u0000) are not allowed")
+    flagged = _flagged
+    doc = _parse(text)
+    if isinstance(doc, Rejection):
+        return not_utf8 or doc
+    if flagged != _flagged or not_utf8 or _SURROGATE_ESCAPE.search(text):
         found = _find_unstorable(doc)
         if found is not None:
             where, problem = found
             return Rejection("schema", f"{where}: {problem}", where)
+        if not_utf8:
+            return not_utf8  # the surrogates were not in a string: plainly not UTF-8
     if not isinstance(doc, dict):
         return Rejection("schema", f"(message): expected a JSON object, got {type(doc).__name__}")
     kind = doc.get("type")

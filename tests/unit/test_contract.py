@@ -338,6 +338,12 @@ def test_decode_accepts_numbers_and_text_the_database_stores(extra: str) -> None
     assert isinstance(decode("events", with_props(extra), max_bytes=10_000), BehaviourTracked)
 
 
+def test_surrogate_bytes_outside_a_string_are_invalid_utf8() -> None:
+    result = decode("events", raw(behaviour()) + b" \xed\xa0\x80", max_bytes=1000)
+    assert isinstance(result, Rejection)
+    assert result.reason == "invalid_utf8"
+
+
 def test_decode_still_calls_other_bad_bytes_invalid_utf8() -> None:
     result = decode("events", with_props('"n": "x"').replace(b'"x"', b'"\xc3\x28"'), max_bytes=1000)
     assert isinstance(result, Rejection)
