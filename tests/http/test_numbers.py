@@ -30,6 +30,7 @@ BAD = [
     ('"n": [1, 2e999]', "properties.n.1"),
     ('"n": "\\ud800"', "properties.n"),
     ('"\\udc00": 1', "properties.\\udc00"),
+    ('"n": ' + "[" * 500 + "]" * 500, "properties"),  # nested: properties hold scalars only
 ]
 
 
@@ -94,12 +95,13 @@ async def test_unstorable_items_are_rejected_per_item_naming_the_field(
     assert "bisecting" not in stack.worker.log()
 
 
-async def test_a_nan_literal_is_malformed_json_for_the_whole_request(
+async def test_what_json_cannot_carry_is_malformed_for_the_whole_request(
     stack: WebStack, http: aiohttp.ClientSession
 ) -> None:
-    """NaN and Infinity are not JSON at all: the request is refused as such, never 202."""
-    for literal in ("NaN", "Infinity", "-Infinity"):
+    """NaN and Infinity are not JSON at all, and Python reads no integer over 4,300 digits: the
+    request is refused as malformed, never 202."""
+    for literal in ("NaN", "Infinity", "-Infinity", "9" * 5000):
         body = '{"batch": [' + item(f"nan-{uuid.uuid4().hex}", f'"n": {literal}') + "]}"
         status, answer = await post(http, stack, body)
         assert status == 400, answer
-        assert literal.lstrip("-") in json.dumps(answer)
+        assert ("digits" if literal[0] == "9" else literal.lstrip("-")) in json.dumps(answer)
