@@ -30,6 +30,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from events import DeadLetter, InputEvent, Rejection, decode
 from events.common import EventTime
+from events.decode import storable_float
 from events.tracking import BehaviourTracked
 from workers.bots import DEFAULT_BOT_PATTERN, BotFilter
 from workers.ingest import PAYLOAD_PREFIX_BYTES
@@ -79,7 +80,11 @@ def parse_items(body: bytes, max_events: int) -> list[Any]:
     if not body:
         raise BadRequest(400, "empty body")
     try:
-        doc = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+        # Out-of-range floats (1e-400 would silently read as 0.0) become infinity, which the
+        # item's decode refuses naming the field; 1e400 is infinity already.
+        doc = json.loads(
+            body.decode("utf-8"), parse_constant=_no_constants, parse_float=storable_float
+        )
     except (ValueError, RecursionError) as exc:  # also UnicodeDecodeError, int-digit limits
         raise BadRequest(400, f"malformed JSON: {str(exc)[:200]}") from exc
     if not isinstance(doc, dict):
