@@ -19,6 +19,7 @@ import pytest
 from events.decode import InputEvent
 from infra import db
 from infra.store import OutboxRecord
+from scoring.intake import split
 from tests.integration.conftest import Scenario
 from tests.integration.kafkatools import produce_all
 from tests.integration.workerproc import WorkerProcess, eventually
@@ -83,7 +84,9 @@ async def test_worker_dead_letters_what_postgres_refuses_and_scores_the_rest(
 
         async def done() -> bool:
             scored = await conn.fetchval(
-                "SELECT count(DISTINCT event_id) FROM score_ledger WHERE event_id = ANY($1)", good
+                "SELECT count(DISTINCT event_id) FROM score_ledger"
+                " WHERE split_part(event_id, '|', 2) = ANY($1)",
+                good,
             )
             letters = await conn.fetchval(
                 "SELECT count(*) FROM dead_letters WHERE source_topic = $1", scenario.topics.events
@@ -124,7 +127,7 @@ async def test_a_failing_batch_is_bisected_not_replayed_one_by_one(scenario: Sce
     async def apply(
         conn: asyncpg.Connection, events: Sequence[InputEvent], now: datetime
     ) -> list[OutboxRecord]:
-        ids = [e.event_id for e in events]
+        ids = [split(e.event_id)[1] for e in events]  # the producer's ids (inside: qualified)
         applies.append(ids)
         # What the batch changes, in the batch's transaction: rolled back when it fails.
         await conn.executemany("INSERT INTO applied (event_id) VALUES ($1)", [(i,) for i in ids])
