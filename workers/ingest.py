@@ -324,32 +324,53 @@ class Ingestor:
     def _dead_letter(
         self, msg: Incoming, why: Rejection, now: datetime
     ) -> tuple[DeadLetterRow, OutboxRecord]:
-        raw = msg.value or b""
-        # Position alone is not unique: a memory broker restarts its offsets at 0.
-        digest = hashlib.sha256(raw).hexdigest()[:12]
-        letter = DeadLetter(
-            message_id=f"{msg.position}:{digest}",
-            source_topic=self.topics.name(msg.topic),
+        return dead_letter_records(
+            self.topics,
+            suffix=msg.topic,
             partition=msg.partition,
             offset=msg.offset,
-            received_at=now,
-            error=why.error,
-            reason=why.reason,
-            payload_size=len(raw),
-            payload_prefix=base64.b64encode(raw[:PAYLOAD_PREFIX_BYTES]).decode(),
+            raw=msg.value or b"",
+            why=why,
+            now=now,
         )
-        row = DeadLetterRow(
-            message_id=letter.message_id,
-            source_topic=letter.source_topic,
-            partition=msg.partition,
-            offset=msg.offset,
-            reason=why.reason,
-            error=why.error,
-            payload_size=len(raw),
-        )
-        record = OutboxRecord(
-            topic=self.topics.dead_letters,
-            key=msg.position.encode(),
-            value=letter.model_dump_json().encode(),
-        )
-        return row, record
+
+
+def dead_letter_records(
+    topics: TopicNames,
+    *,
+    suffix: str,
+    partition: int,
+    offset: int,
+    raw: bytes,
+    why: Rejection,
+    now: datetime,
+) -> tuple[DeadLetterRow, OutboxRecord]:
+    """The dead-letter row and message of input that could not be accepted: a message
+    (``offset`` its own) or an undecodable record batch (``offset`` its base offset)."""
+    position = f"{suffix}:{partition}:{offset}"
+    # Position alone is not unique: a memory broker restarts its offsets at 0.
+    message_id = f"{position}:{hashlib.sha256(raw).hexdigest()[:12]}"
+    letter = DeadLetter(
+        message_id=message_id,
+        source_topic=topics.name(suffix),
+        partition=partition,
+        offset=offset,
+        received_at=now,
+        error=why.error,
+        reason=why.reason,
+        payload_size=len(raw),
+        payload_prefix=base64.b64encode(raw[:PAYLOAD_PREFIX_BYTES]).decode(),
+    )
+    row = DeadLetterRow(
+        message_id=message_id,
+        source_topic=letter.source_topic,
+        partition=partition,
+        offset=offset,
+        reason=why.reason,
+        error=why.error,
+        payload_size=len(raw),
+    )
+    record = OutboxRecord(
+        topic=topics.dead_letters, key=position.encode(), value=letter.model_dump_json().encode()
+    )
+    return row, record

@@ -16,8 +16,6 @@ retries such a partition a few times, then asks this module where the batch is a
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import logging
 import struct
 from dataclasses import dataclass
@@ -30,9 +28,10 @@ from aiokafka.errors import CorruptRecordException, UnsupportedCodecError
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 
-from events import DeadLetter, TopicNames
+from events import Rejection, TopicNames
 from infra import store
 from infra.store import DeadLetterRow, OutboxRecord
+from workers.ingest import TRANSIENT, dead_letter_records
 
 log = logging.getLogger("leadcycle.undecodable")
 
@@ -42,18 +41,6 @@ LOCATE_FETCH_BYTES = 1 << 20
 _LOG_OVERHEAD = 12  # base offset (int64) + batch length (int32)
 _MAGIC_AT = 16  # + partition leader epoch (int32)
 _LAST_DELTA_AT = 23  # + magic (int8) + crc (uint32) + attributes (int16)
-#: How much of the batch the dead letter keeps (base64), like a message's payload prefix.
-PAYLOAD_PREFIX_BYTES = 4096
-#: Errors that mean "the database is away for now" (the same list as workers/ingest.py).
-_TRANSIENT = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-)
-
 
 def is_undecodable(exc: BaseException) -> bool:
     """Whether an exception from ``getmany`` came from decoding a record batch.
@@ -158,36 +145,16 @@ def dead_letter(
     bad: BadBatch, topics: TopicNames, now: datetime
 ) -> tuple[DeadLetterRow, OutboxRecord]:
     """The dead-letter row and message of one skipped batch (offset = its base offset)."""
-    suffix = bad.tp.topic.removeprefix(topics.prefix)
-    position = f"{suffix}:{bad.tp.partition}:{bad.base_offset}"
-    # Position alone is not unique: a memory broker restarts its offsets at 0.
-    message_id = f"{position}:{hashlib.sha256(bad.raw).hexdigest()[:12]}"
     error = f"undecodable record batch, offsets {bad.base_offset}-{bad.next_offset - 1}: "
-    error = (error + bad.error)[:1000]
-    letter = DeadLetter(
-        message_id=message_id,
-        source_topic=bad.tp.topic,
+    return dead_letter_records(
+        topics,
+        suffix=bad.tp.topic.removeprefix(topics.prefix),
         partition=bad.tp.partition,
         offset=bad.base_offset,
-        received_at=now,
-        error=error,
-        reason="undecodable_batch",
-        payload_size=len(bad.raw),
-        payload_prefix=base64.b64encode(bad.raw[:PAYLOAD_PREFIX_BYTES]).decode(),
+        raw=bad.raw,
+        why=Rejection("undecodable_batch", (error + bad.error)[:1000]),
+        now=now,
     )
-    row = DeadLetterRow(
-        message_id=message_id,
-        source_topic=bad.tp.topic,
-        partition=bad.tp.partition,
-        offset=bad.base_offset,
-        reason="undecodable_batch",
-        error=error,
-        payload_size=len(bad.raw),
-    )
-    record = OutboxRecord(
-        topic=topics.dead_letters, key=position.encode(), value=letter.model_dump_json().encode()
-    )
-    return row, record
 
 
 async def record(
@@ -203,7 +170,7 @@ async def record(
                 if not await store.record_dead_letters(conn, [row]):
                     return [], []  # recorded before (redelivered after a crash)
                 return await store.add_outbox(conn, [message]), [message]
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             log.warning("database unavailable (%r); retrying the dead letter in %.1f s", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -13,9 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +24,7 @@ from scoring.scores import behaviour_score
 from scoring.state import LeadState
 from tests.integration.conftest import Scenario
 from tests.integration.kafkatools import produce_all
-from tests.integration.workerproc import ROOT, WorkerProcess, eventually
+from tests.integration.workerproc import ROOT, WorkerProcess, eventually, leadcycle_cli
 
 pytestmark = pytest.mark.integration
 RULES = load_rules(ROOT / "rules" / "default.toml")
@@ -82,24 +79,7 @@ async def states(dsn: str) -> dict[str, LeadState]:
 
 
 def cli(sc: Scenario, *args: str) -> str:
-    env = {
-        **os.environ,
-        "LEADCYCLE_DATABASE_URL": sc.dsn,
-        "LEADCYCLE_KAFKA_URL": sc.services.kafka_url,
-        "LEADCYCLE_TOPIC_PREFIX": sc.topics.prefix,
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
+    return leadcycle_cli(sc, *args)
 
 def assert_replay_reproduces(sc: Scenario, before: dict[str, LeadState]) -> dict[str, Any]:
     """``leadcycle replay`` under the same rules finds every lead's scores as the worker left

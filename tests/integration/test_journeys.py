@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -27,7 +24,7 @@ from tests.integration.journeys import (
     timing_journey,
 )
 from tests.integration.kafkatools import consume_all, produce_all
-from tests.integration.workerproc import WorkerProcess, eventually
+from tests.integration.workerproc import WorkerProcess, eventually, leadcycle_cli
 from workers.explain import explain_lead
 from workers.sweeper import run_sweep_once
 
@@ -109,23 +106,7 @@ async def test_the_whole_loop(scenario: Scenario) -> None:
 
 
 def leadcycle(sc: Scenario, *args: str) -> str:
-    env = {
-        **os.environ,
-        "LEADCYCLE_DATABASE_URL": sc.dsn,
-        "LEADCYCLE_KAFKA_URL": sc.services.kafka_url,
-        "LEADCYCLE_TOPIC_PREFIX": sc.topics.prefix,
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
+    return leadcycle_cli(sc, *args, timeout=60)
 
 def check_cli(sc: Scenario) -> None:
     listed = json.loads(leadcycle(sc, "calllist", "--format", "json"))

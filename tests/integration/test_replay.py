@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,7 @@ from scoring.rules import RuleSet, load_rules
 from scoring.state import LeadState
 from tests.integration.conftest import Scenario
 from tests.integration.kafkatools import produce_all
-from tests.integration.workerproc import WorkerProcess, eventually
+from tests.integration.workerproc import WorkerProcess, eventually, leadcycle_cli
 from workers.explain import explain_lead
 from workers.replay import ReplayConflict, replay
 from workers.traffic import Message, TrafficSpec, generate
@@ -61,25 +58,8 @@ def stream() -> list[Message]:
 
 
 def cli(sc: Scenario, *args: str, rules_file: Path | None = None) -> str:
-    env = {
-        **os.environ,
-        "LEADCYCLE_DATABASE_URL": sc.dsn,
-        "LEADCYCLE_KAFKA_URL": sc.services.kafka_url,
-    }
-    if rules_file is not None:
-        env["LEADCYCLE_RULES_FILE"] = str(rules_file)
-    done = subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
+    extra = {"LEADCYCLE_RULES_FILE": str(rules_file)} if rules_file is not None else {}
+    return leadcycle_cli(sc, *args, timeout=300, **extra)
 
 async def snapshot(dsn: str) -> dict[str, Any]:
     """Everything a replay must not touch, plus the ledger."""

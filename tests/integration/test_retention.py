@@ -9,9 +9,6 @@ replay is the ``leadcycle replay`` command.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +25,7 @@ from scoring.rules import load_rules
 from tests.conftest import TEST_MARKER, RunningServices
 from tests.integration.conftest import Scenario
 from tests.integration.kafkatools import produce_all
-from tests.integration.workerproc import WorkerProcess, eventually
+from tests.integration.workerproc import WorkerProcess, eventually, leadcycle_cli
 from workers.leads import Assignment, LeadProcessor
 from workers.sweeper import sweep_once
 
@@ -130,22 +127,7 @@ async def purged_state(conn: asyncpg.Connection, ids: list[str]) -> dict[str, in
 
 
 def replay_json(sc: Scenario) -> dict[str, Any]:
-    env = {
-        **os.environ,
-        "LEADCYCLE_DATABASE_URL": sc.dsn,
-        "LEADCYCLE_KAFKA_URL": sc.services.kafka_url,
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "replay", "--format", "json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    found: dict[str, Any] = json.loads(done.stdout)
+    found: dict[str, Any] = json.loads(leadcycle_cli(sc, "replay", "--format", "json", timeout=300))
     return found
 
 

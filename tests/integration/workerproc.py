@@ -3,14 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.conftest import RunningServices
 from workers.process import WorkerProcess as BaseWorkerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import Scenario
+
+
+def leadcycle_cli(sc: Scenario, *args: str, timeout: float = 120.0, **env: str) -> str:
+    """``leadcycle ARGS`` against the scenario's database and topics (plus ``env``); its
+    stdout. A non-zero exit fails the test with its stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "LEADCYCLE_DATABASE_URL": sc.dsn,
+            "LEADCYCLE_KAFKA_URL": sc.services.kafka_url,
+            "LEADCYCLE_TOPIC_PREFIX": sc.topics.prefix,
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 class WorkerProcess(BaseWorkerProcess):
