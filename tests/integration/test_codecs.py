@@ -27,6 +27,7 @@ from infra import db
 from infra.postgres import drop_database
 from infra.processes import free_port
 from tests.conftest import TEST_MARKER, RunningServices
+from tests.http.conftest import wait_ready
 from tests.integration.conftest import Scenario, make_scenario
 from tests.integration.kafkatools import consume_all, produce_all
 from tests.integration.workerproc import WorkerProcess, eventually
@@ -62,16 +63,7 @@ async def stack(services: RunningServices) -> AsyncIterator[Stack]:
     base = f"http://127.0.0.1:{port}"
     conn = await db.connect(scenario.dsn)
     try:
-        async with aiohttp.ClientSession() as http:
-
-            async def ready() -> bool:
-                try:
-                    async with http.get(f"{base}/readyz") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await eventually(ready, seconds=60, what="/readyz", workers=(worker,))
+        await wait_ready(base, worker)
         yield Stack(scenario, worker, base, conn)
     finally:
         worker.stop()
