@@ -38,6 +38,11 @@ log = logging.getLogger("leadcycle.consumer")
 
 Handle = Callable[[Sequence[Incoming]], Awaitable[None]]
 
+#: Test hook for the kill -9 drill (docs/reliability.md), off unless set: seconds to wait
+#: between a batch's database commit and its offset commit, so that a kill can be aimed at
+#: that window (the one whose redelivery the event log's dedupe must absorb). Not a setting.
+_HOLD_ACK = float(os.environ.get("LEADCYCLE_DRILL_HOLD_ACK_SECONDS") or 0)
+
 
 class _WaitForBatch(ConsumerRebalanceListener):
     """Holds a rebalance until the batch in flight has committed."""
@@ -152,6 +157,10 @@ class InputConsumer(Service):
                     for tp, records in fetched.items()
                     if tp in owned and records
                 }
+                if _HOLD_ACK:  # test hook, off by default: see _HOLD_ACK
+                    log.warning("drill hook: batch in PostgreSQL, offsets held %.1f s", _HOLD_ACK)
+                    await asyncio.sleep(_HOLD_ACK)
+                    log.warning("drill hook: committing offsets")
                 await self._commit(consumer, offsets)
 
     @staticmethod

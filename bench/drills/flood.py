@@ -338,7 +338,7 @@ async def run(cfg: DrillConfig) -> DrillResult:
     async with Rig("flood", cfg) as rig:
         broker = rig.broker()
         dsn = await rig.database(await rig.server())
-        await rig.topics_on(broker.url)
+        tap = await rig.topics_on(broker.url)
         sup = await rig.supervisor(
             broker.url,
             dsn,
@@ -355,7 +355,7 @@ async def run(cfg: DrillConfig) -> DrillResult:
         base = f"http://127.0.0.1:{port}"
         if not await _ready(base, sup):
             result.fail(f"/readyz never answered 200:\n{sup.tail()}")
-            await conclude(dsn, sup, expect([]), result)
+            await conclude(dsn, sup, expect([]), result, tap)
             return result
         worker = sup.current
         before = worker.rss_mb() or 0.0
@@ -405,7 +405,7 @@ async def run(cfg: DrillConfig) -> DrillResult:
             result.fail(f"{n} x undocumented answer: {what}")
         if peak - before > RSS_BOUND_MB:
             result.fail(f"worker RSS grew {peak - before:.0f} MB (bound {RSS_BOUND_MB:.0f} MB)")
-        await conclude(dsn, sup, exp, result)
+        await conclude(dsn, sup, exp, result, tap)
     result.seconds = time.monotonic() - started
     return result
 

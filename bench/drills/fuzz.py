@@ -243,7 +243,7 @@ async def run(cfg: DrillConfig, *, kinds: list[str] | None = None) -> DrillResul
     async with Rig("fuzz", cfg) as rig:
         broker = rig.broker()
         dsn = await rig.database(await rig.server())
-        await rig.topics_on(broker.url)
+        tap = await rig.topics_on(broker.url)
         sup = await rig.supervisor(broker.url, dsn, LEADCYCLE_BATCH_SIZE="500")
         pid = sup.current.pid
         say(f"fuzz: publishing {len(messages):,} messages ({exp.invalid:,} invalid)")
@@ -253,6 +253,6 @@ async def run(cfg: DrillConfig, *, kinds: list[str] | None = None) -> DrillResul
             result.recovery["all in after publish"] = waited
         if sup.current.pid != pid:
             result.fail(f"the worker crashed: pid {pid} -> {sup.current.pid}")
-        await conclude(dsn, sup, exp, result)
+        await conclude(dsn, sup, exp, result, tap)
     result.seconds = time.monotonic() - started
     return result

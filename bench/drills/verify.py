@@ -5,7 +5,12 @@
 - ``dead_letters`` holds one row per invalid message — matched by source topic and payload
   digest, with the decoder's reason and a non-empty error — and no more (nothing counted twice);
 - every lead's fit score, behaviour score and set of applied events equal what the pure core
-  folded over the stream says (an event applied twice would show in the behaviour score).
+  folded over the stream says (an event applied twice would show in the behaviour score);
+- every lead's stage and open follow-up equal what the pure core decides over the same events
+  in the order and at the time the worker applied them (stages depend on that order);
+- the output topics, read by the drill as a downstream consumer would (outputs.py), carry
+  every dead letter, ledger entry, follow-up version and nurture enrollment PostgreSQL holds,
+  none counted twice, and the open follow-ups they describe are PostgreSQL's.
 
 The fold itself is the integration tests' oracle (``bench/oracle.py``),
 imported rather than copied.
@@ -30,6 +35,13 @@ from workers.bots import BotFilter
 from workers.process import ROOT
 
 from .harness import Supervisor, wait_for
+from .outputs import (
+    OutputTap,
+    check_outputs,
+    expected_lifecycle,
+    lifecycle_mismatches,
+    processing_times,
+)
 from .report import DrillResult
 
 #: Scores are compared decayed to one fixed instant, so the wall clock cannot matter.
@@ -162,7 +174,20 @@ async def check(dsn: str, exp: Expected, result: DrillResult, *, ruleset: RuleSe
     problems = score_mismatches(want_states, await stored_states(dsn), ruleset, at=AT)
     if problems:
         result.fail(f"{len(problems)} leads differ from the pure core, e.g. {problems[:3]}")
-    result.notes.append(f"oracle: {len(want_states):,} leads compared (fit, behaviour, applied)")
+    lifecycle = expected_lifecycle(
+        exp.oracle_input, ruleset, applied_at=await processing_times(dsn)
+    )
+    moved = await lifecycle_mismatches(dsn, lifecycle)
+    if moved:
+        result.fail(
+            f"{len(moved)} stages or open follow-ups differ from the pure core, e.g. {moved[:3]}"
+        )
+    stages = Counter(lifecycle.stages.values())
+    result.notes.append(
+        f"oracle: {len(want_states):,} leads compared (fit, behaviour, applied, stage: "
+        + ", ".join(f"{k} {n}" for k, n in sorted(stages.items()))
+        + f"; {len(lifecycle.open_followups):,} open follow-ups)"
+    )
 
 
 def event_id(value: bytes) -> str | None:
@@ -197,12 +222,21 @@ async def wait_all_in(
 
 
 async def conclude(
-    dsn: str, sup: Supervisor, exp: Expected, result: DrillResult, *, outbox_grace: float = 25.0
+    dsn: str,
+    sup: Supervisor,
+    exp: Expected,
+    result: DrillResult,
+    tap: OutputTap,
+    *,
+    outbox_grace: float = 25.0,
+    exempt: tuple[datetime, datetime] | None = None,
 ) -> None:
-    """Let the outbox drain, stop the worker, then run :func:`check` and record restarts."""
+    """Let the outbox drain and the output tap catch up, stop the worker, then run
+    :func:`check` and :func:`~.outputs.check_outputs` and record restarts."""
     drained, last, _ = await wait_for(dsn, lambda c: c.outbox == 0, seconds=outbox_grace)
     if not drained:
         result.fail(f"{last.outbox} output messages still in the outbox after {outbox_grace:.0f} s")
+    await tap.settle()
     await sup.stop()
     result.restarts = sup.restarts
     result.unplanned_exits = len(sup.exit_codes)
@@ -212,3 +246,4 @@ async def conclude(
         )
     result.duplicates_suppressed = sup.duplicates_suppressed()
     await check(dsn, exp, result, ruleset=rules())
+    await check_outputs(dsn, tap, result, exempt=exempt)
