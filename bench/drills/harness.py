@@ -456,20 +456,26 @@ async def wait_for(
     seconds: float,
     sup: Supervisor | None = None,
     interval: float = 0.2,
+    stall: float | None = None,
 ) -> tuple[bool, Counts, float]:
     """Poll the counts until ``done`` holds; (whether it did, the last counts, seconds waited).
 
-    Gives up early when the supervised worker is in a crash loop (nothing will move any more).
+    Gives up early when the supervised worker is in a crash loop (nothing will move any more),
+    or when ``stall`` is given and the counts have not moved for that many seconds.
     """
     conn = await asyncpg.connect(dsn)
-    started = time.monotonic()
+    started = moved = time.monotonic()
+    last: Counts | None = None
     try:
         while True:
             now = await counts(conn)
             waited = time.monotonic() - started
             if done(now):
                 return True, now, waited
-            if waited > seconds or (sup is not None and sup.crash_loop):
+            if now != last:
+                last, moved = now, time.monotonic()
+            stalled = stall is not None and time.monotonic() - moved > stall
+            if waited > seconds or stalled or (sup is not None and sup.crash_loop):
                 return False, now, waited
             await asyncio.sleep(interval)
     finally:

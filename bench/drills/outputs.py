@@ -151,10 +151,13 @@ async def check_outputs(
 
     missing: Counter[str] = Counter()
     lost_in_restart: Counter[str] = Counter()
+    when: dict[str, list[datetime]] = defaultdict(list)
 
     def expect_one(topic: str, present: bool, at: datetime) -> None:
         if not present:
             (lost_in_restart if excused(at) else missing)[topic] += 1
+            if not excused(at):
+                when[topic].append(at)
 
     got_letters = tap.messages["dead-letters"]
     for row in letters:
@@ -197,8 +200,13 @@ async def check_outputs(
     for row in pool:
         expect_one("nurture", (row["lead_id"], row["since"]) in enrolled, row["since"])
 
+    window = f" (restart window {exempt[0]:%H:%M:%S}..{exempt[1]:%H:%M:%S})" if exempt else ""
     for topic, n in sorted(missing.items()):
-        result.fail(f"{n} {topic} outputs committed in PostgreSQL never arrived on the topic")
+        span = f"{min(when[topic]):%H:%M:%S.%f}..{max(when[topic]):%H:%M:%S.%f}"
+        result.fail(
+            f"{n} {topic} outputs committed in PostgreSQL (at {span} UTC) never arrived on the "
+            f"topic{window}"
+        )
     if tap.conflicts:
         result.fail(
             f"{len(tap.conflicts)} message ids delivered with different contents, e.g. "
