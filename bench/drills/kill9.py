@@ -7,7 +7,7 @@ transaction has committed it logs ``drill hook: batch in PostgreSQL, offsets hel
 that long before committing the batch's offsets. Every other kill is *aimed* at that window:
 the drill watches the worker's log and SIGKILLs it as soon as the line appears, so the batch
 is in PostgreSQL and its offsets are not - the next worker must get it again. The kills in
-between fall a seeded random 0-0.3 s after an offset commit (polling, decoding, the next
+between fall a seeded random 0-0.1 s after an offset commit (polling, decoding, the next
 transaction, publishing the outbox).
 
 After each kill the drill reads the dead worker's log: a kill landed between the database
@@ -110,7 +110,7 @@ async def run(cfg: DrillConfig) -> DrillResult:
                 result.fail(f"the worker never committed a batch:\n{sup.tail()}")
                 break
             if not aim:
-                await asyncio.sleep(rng.uniform(0.0, 0.3))
+                await asyncio.sleep(rng.uniform(0.0, 0.1))
             _, at_kill, _ = await wait_for(dsn, lambda c: True, seconds=1)
             if feed.produced >= len(traffic.messages) and at_kill.events >= len(exp.ids):
                 result.notes.append(f"stream finished before kill {sup.kills + 1}")

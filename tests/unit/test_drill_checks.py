@@ -14,8 +14,10 @@ from aiokafka.record.memory_records import MemoryRecords
 from bench.drills.fuzz import PASSES_TODAY, passes_the_decoder
 from bench.drills.harness import DrillWorker
 from bench.drills.kill9 import HELD, RELEASED, held_batch
+from bench.drills.outputs import OutputTap
 from bench.drills.rawbatch import corrupt_batch
 from bench.drills.verify import digest, expect
+from events.topics import TopicNames
 from workers.traffic import Message
 
 
@@ -70,3 +72,21 @@ def test_inputs_that_pass_todays_decoder_are_expected_dead_lettered() -> None:
     assert exp.invalid == len(late)
     assert exp.ids == set()
     assert all(exp.must_name[("events", digest(m.value))] == "properties" for m in late)
+
+
+def test_the_output_tap_dedupes_re_sends_and_flags_recounts() -> None:
+    tap = OutputTap("127.0.0.1:1", TopicNames("t."))
+    letter = {"message_id": "events:0:5:abc", "received_at": "2026-11-30T10:00:00Z", "x": 1}
+    tap._take("dead-letters", json.dumps(letter).encode())
+    tap._take("dead-letters", json.dumps(letter).encode())  # a re-send
+    restamped = {**letter, "received_at": "2026-11-30T10:01:00Z"}
+    tap._take("dead-letters", json.dumps(restamped).encode())
+    score = {"message_id": "L1:d1", "behaviour_score": 10}
+    tap._take("score-changes", json.dumps(score).encode())
+    tap._take("score-changes", json.dumps({**score, "behaviour_score": 20}).encode())
+    assert {t: len(m) for t, m in tap.messages.items() if m} == {
+        "dead-letters": 1,
+        "score-changes": 1,
+    }
+    assert tap.restamped == 1
+    assert tap.conflicts == ["score-changes L1:d1"]
