@@ -49,7 +49,7 @@ class OutputTap:
     messages: dict[str, dict[str, bytes]] = field(default_factory=lambda: {t: {} for t in OUTPUTS})
     deliveries: Counter[str] = field(default_factory=Counter)  # records read, re-sends included
     conflicts: list[str] = field(default_factory=list)  # one message_id, two different values
-    restamped: int = 0  # dead letters re-sent with only a new received_at
+    restamped: int = 0  # dead letters sent again with only a later received_at
     unreadable: list[str] = field(default_factory=list)
     last_read: float = 0.0  # loop time of the last record read
     _consumer: AIOKafkaConsumer | None = None
@@ -117,7 +117,8 @@ class OutputTap:
             "received_at": None,
         }:
             # A redelivered bad message is dead-lettered again under the same id, stamped
-            # with the time of the redelivery: the same letter, re-sent.
+            # with the time of the redelivery: the same letter, re-sent. (The collector's
+            # letters, ``http:-1:<item>:<digest>``, collide so for one bad item sent twice.)
             self.restamped += 1
             return
         self.conflicts.append(f"{topic} {message_id}")
@@ -233,7 +234,7 @@ async def check_outputs(
         "outputs read: "
         + ", ".join(f"{t} {n:,}" for t, n in distinct.items())
         + f" distinct ({resent:,} re-sends deduped, {tap.restamped} of them dead letters"
-        " re-stamped with a redelivery's time); expected from PostgreSQL: "
+        " stamped with a later received_at); expected from PostgreSQL: "
         f"{len(letters):,} dead letters, {len(ledger):,} ledger entries, "
         f"{len(followups):,} follow-ups ({len(db_open):,} open), {len(pool):,} recycled"
     )
