@@ -19,6 +19,7 @@ import asyncpg
 from events import BehaviourTracked, Rejection, decode
 from events.decode import InputEvent
 from scoring.fold import Fold
+from scoring.intake import admitted, qualify, source_of
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score
 from scoring.state import LeadState
@@ -47,19 +48,24 @@ def scored_events(
     messages: Iterable[tuple[str, bytes]],
 ) -> Iterator[tuple[str, bytes, InputEvent]]:
     """``(topic, value, event)`` of the messages the worker scores, in stream order: valid,
-    the first of their event id, not from a bot."""
+    the first of their event id in their source, not from a bot. Each event is known by its
+    source-qualified id, as the worker knows it (``scoring.intake``); its time is as stated
+    (the streams the oracle checks have no clock running ahead of the worker's)."""
     bots = BotFilter()
     seen: set[str] = set()
     for topic, value in messages:
         event = decode(topic, value, max_bytes=64 * 1024)
-        if isinstance(event, Rejection) or event.event_id in seen:
+        if isinstance(event, Rejection):
             continue
-        seen.add(event.event_id)
+        qualified = qualify(source_of(topic, event), event.event_id)
+        if qualified in seen:
+            continue
+        seen.add(qualified)
         if isinstance(event, BehaviourTracked) and bots.is_bot(
             event.context.user_agent if event.context else None
         ):
             continue
-        yield topic, value, event
+        yield topic, value, admitted(event, qualified, event.occurred_at)
 
 
 async def stored_states(dsn: str) -> dict[str, LeadState]:

@@ -138,10 +138,10 @@ def faust_noop(
 # -- the naive worker --------------------------------------------------------------------------
 
 _LOG_EVENT = """
-INSERT INTO event_log (event_id, topic, type, subject, lead_id, anonymous_id, occurred_at,
-                       disposition, source, payload)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb)
-ON CONFLICT (event_id) DO NOTHING RETURNING event_id"""
+INSERT INTO event_log (event_id, source, qualified_id, topic, type, subject, lead_id,
+                       anonymous_id, occurred_at, disposition, position, payload)
+VALUES ($1, $2, $2 || '|' || $1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb)
+ON CONFLICT (event_id, source) DO NOTHING RETURNING event_id"""
 _SAVE_LEAD = """
 INSERT INTO leads (lead_id, anonymous, stage, stage_since, fit_score, grade, behaviour_score,
                    priority, scored_at, rules_version, state)

@@ -22,12 +22,19 @@ import asyncpg
 
 from infra import db
 from infra.broker import start_broker, stop_broker
-from infra.postgres import drop_database, local_server_dsn
+from infra.postgres import NotOurDatabase, drop_database, local_server_dsn
 from infra.processes import ServiceError, free_port
+from infra.settings import Settings
 from workers.process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
-DATABASE = "leadcycle_bench"
+#: Comment the bench puts on the database it creates; it drops no database without it.
+MARKER = "bench"
+
+
+def bench_database_name(database_name: str) -> str:
+    """The bench's scratch database: ``<LEADCYCLE_DATABASE_NAME>_bench``."""
+    return f"{database_name}_bench"
 
 
 def say(text: str) -> None:
@@ -40,20 +47,23 @@ class Services:
     kafka_url: str
     server_dsn: str
     state_dir: Path
+    database: str
 
     @property
     def dsn(self) -> str:
         from infra.postgres import with_database
 
-        return with_database(self.server_dsn, DATABASE)
+        return with_database(self.server_dsn, self.database)
 
     def fresh_database(self) -> str:
-        """Drop and recreate the bench database, migrated: every measured pass starts empty."""
-        return asyncio.run(_recreate(self.server_dsn))
+        """Drop and recreate the bench database, migrated: every measured pass starts empty.
+        Only a database the bench marked as its own is dropped (else NotOurDatabase)."""
+        return asyncio.run(recreate_database(self.server_dsn, self.database))
 
 
-async def _recreate(server_dsn: str) -> str:
-    return await db.migrated_database(server_dsn, DATABASE, fresh=True)
+async def recreate_database(server_dsn: str, name: str) -> str:
+    """``name`` dropped if the bench made it, then created (marked) and migrated."""
+    return await db.migrated_database(server_dsn, name, marker=MARKER, fresh=True)
 
 
 def machine_busy_seconds() -> float:
@@ -79,17 +89,24 @@ def _server_dsn() -> str:
 @contextmanager
 def running_services() -> Iterator[Services]:
     """A broker on a free port and a scratch database; both gone when the block exits."""
-    state_dir = Path(tempfile.mkdtemp(prefix="leadcycle-bench-"))
     server = _server_dsn()
-    broker = start_broker(state_dir / "broker", free_port())
-    say(f"broker on {broker.url} (pid {broker.pid}); state in {state_dir}")
+    database = bench_database_name(Settings().database_name)
+    # Refuse before starting anything if the name is taken by a database the bench did not
+    # make: the user's data stays, and nothing is left running.
     try:
-        yield Services(broker.url, server, state_dir)
+        asyncio.run(drop_database(server, database, marker=MARKER))
+    except NotOurDatabase as exc:
+        raise SystemExit(f"bench: {exc}") from exc
+    state_dir = Path(tempfile.mkdtemp(prefix="leadcycle-bench-"))
+    broker = start_broker(state_dir / "broker", free_port())
+    say(f"broker on {broker.url} (pid {broker.pid}); state in {state_dir}; database {database}")
+    try:
+        yield Services(broker.url, server, state_dir, database)
     finally:
         stop_broker(broker.pid)
-        asyncio.run(drop_database(server, DATABASE))
+        asyncio.run(drop_database(server, database, marker=MARKER))
         shutil.rmtree(state_dir, ignore_errors=True)
-        say("stopped the broker, dropped the bench database, removed the state dir")
+        say(f"stopped the broker, dropped the bench database {database}, removed the state dir")
 
 
 class Worker(WorkerProcess):

@@ -11,19 +11,13 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 #: Earliest and latest accepted event times. Anything outside is a clock bug or an attack.
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
-
-
-def _in_range(value: datetime) -> datetime:
-    if not EARLIEST <= value < LATEST:
-        raise ValueError(f"must be between {EARLIEST.date()} and {LATEST.date()}")
-    return value
 
 
 def _email(value: str) -> str:
@@ -52,7 +46,8 @@ Email = Annotated[
     str, StringConstraints(strip_whitespace=True, max_length=254), AfterValidator(_email)
 ]
 #: An event time: RFC 3339 with an offset (naive times are rejected), 2000-01-01..2100-01-01.
-EventTime = Annotated[AwareDatetime, AfterValidator(_in_range)]
+#: The bounds are checked in pydantic-core (a Python validator cost ~3 us per event time).
+EventTime = Annotated[AwareDatetime, Field(ge=EARLIEST, lt=LATEST)]
 
 #: Why an input message was dead-lettered.
 RejectReason = Literal[

@@ -82,11 +82,17 @@ async def create_pool(dsn: str, *, size: int = 4) -> asyncpg.Pool:
     return pool
 
 
-async def migrated_database(server_dsn: str, name: str, *, fresh: bool = False) -> str:
-    """Database ``name`` on the server (dropped first if ``fresh``), migrated; its DSN."""
+async def migrated_database(server_dsn: str, name: str, *, marker: str, fresh: bool = False) -> str:
+    """Database ``name`` on the server, migrated; its DSN.
+
+    A database this call creates is marked ``leadcycle:<marker>``. With ``fresh`` an existing
+    one is dropped first, but only if it carries that marker (else
+    :class:`infra.postgres.NotOurDatabase`): a fresh start never wipes a database leadcycle did
+    not create for the same purpose.
+    """
     if fresh:
-        await drop_database(server_dsn, name)
-    dsn = await ensure_database(server_dsn, name)
+        await drop_database(server_dsn, name, marker=marker)
+    dsn = await ensure_database(server_dsn, name, marker=marker)
     conn = await connect(dsn)
     try:
         await migrate(conn)

@@ -262,15 +262,18 @@ async def link_identities(
         )
 
 
-async def anonymous_history(conn: asyncpg.Connection, subject: str) -> list[str]:
-    """Payloads (JSON) of the behaviour an anonymous subject was credited with."""
+async def anonymous_history(
+    conn: asyncpg.Connection, subject: str
+) -> list[tuple[str, str, datetime]]:
+    """The behaviour an anonymous subject was credited with: ``(payload JSON, qualified id,
+    time scored at)`` each, the id and time as the worker scored the event by and at."""
     rows = await conn.fetch(
-        """SELECT payload::text AS payload FROM event_log
+        """SELECT payload::text AS payload, qualified_id, occurred_at FROM event_log
             WHERE subject = $1 AND topic = 'events' AND disposition = 'accepted'
-            ORDER BY occurred_at, event_id""",
+            ORDER BY occurred_at, qualified_id""",
         subject,
     )
-    return [r["payload"] for r in rows]
+    return [(r["payload"], r["qualified_id"], r["occurred_at"]) for r in rows]
 
 
 async def insert_ledger(conn: asyncpg.Connection, rows: Sequence[LedgerRow]) -> None:

@@ -160,24 +160,89 @@ def _run(argv: list[str], what: str) -> None:
         raise ServiceError(f"{what} failed: {result.stderr.strip() or result.stdout.strip()}")
 
 
-async def ensure_database(server_dsn: str, name: str) -> str:
-    """Create database ``name`` on the server if missing; return a DSN for it."""
+#: Comment leadcycle puts on a database it created for its own use (``leadcycle:<kind>``, kind
+#: e.g. ``demo``, ``bench``, ``test``, ``drill``); only a database carrying it may be dropped.
+MARKER_PREFIX = "leadcycle:"
+
+
+class NotOurDatabase(ServiceError):
+    """A database to be dropped exists but was not created by leadcycle for this purpose."""
+
+
+def marker_comment(marker: str) -> str:
+    """The database comment that marks a database as created by leadcycle's ``marker``."""
+    if not marker.replace("_", "").isalnum():
+        raise ValueError(f"marker {marker!r} must be letters, digits and underscores")
+    return f"{MARKER_PREFIX}{marker}"
+
+
+async def ensure_database(server_dsn: str, name: str, *, marker: str | None = None) -> str:
+    """Create database ``name`` on the server if missing; return a DSN for it.
+
+    With ``marker``, a database this call creates is marked as leadcycle's (see
+    :func:`drop_database`); an existing database is used as it is and never marked.
+    """
+    comment = marker_comment(marker) if marker is not None else None
     conn = await asyncpg.connect(server_dsn)
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:
             await conn.execute(f'CREATE DATABASE "{_ident(name)}"')
+            if comment is not None:
+                # Marked after it exists: a crash in between leaves a database nothing will
+                # drop, which is the safe way round.
+                await conn.execute(f"COMMENT ON DATABASE \"{_ident(name)}\" IS '{comment}'")
     finally:
         await conn.close()
     return with_database(server_dsn, name)
 
 
-async def drop_database(server_dsn: str, name: str) -> None:
+async def database_marker(server_dsn: str, name: str) -> str | None:
+    """The comment on database ``name`` ('' when it has none), None when there is no such
+    database."""
     conn = await asyncpg.connect(server_dsn)
     try:
+        return await _comment(conn, name)
+    finally:
+        await conn.close()
+
+
+async def _comment(conn: asyncpg.Connection, name: str) -> str | None:
+    row = await conn.fetchrow(
+        """SELECT coalesce(shobj_description(oid, 'pg_database'), '') AS comment
+             FROM pg_database WHERE datname = $1""",
+        name,
+    )
+    return None if row is None else str(row["comment"])
+
+
+async def drop_database(server_dsn: str, name: str, *, marker: str) -> bool:
+    """Drop database ``name`` if it exists and carries ``marker`` (``leadcycle:<marker>``);
+    return whether one was dropped.
+
+    A database of that name without the marker (a user's own, or another leadcycle tool's)
+    is never dropped: :class:`NotOurDatabase` is raised instead, naming it.
+    """
+    wanted = marker_comment(marker)
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        found = await _comment(conn, _ident(name))
+        if found is None:
+            return False
+        if found != wanted:
+            seen = f"its comment is {found!r}" if found else "it has no comment"
+            raise NotOurDatabase(
+                f"refusing to drop database {name!r}: it exists but was not created by "
+                f"leadcycle for this purpose ({seen}; leadcycle's mark would be {wanted!r}). "
+                "Drop or rename it yourself if it is disposable, or set "
+                "LEADCYCLE_DATABASE_NAME so leadcycle derives other names"
+            )
+        # DROP DATABASE cannot run in a transaction with the check; the same session right
+        # after it is as close as PostgreSQL allows.
         await conn.execute(f'DROP DATABASE IF EXISTS "{_ident(name)}" WITH (FORCE)')
     finally:
         await conn.close()
+    return True
 
 
 def _ident(name: str) -> str:

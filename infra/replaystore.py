@@ -39,11 +39,15 @@ async def count_events(conn: asyncpg.Connection) -> int:
 
 
 async def events(conn: asyncpg.Connection, *, page: int) -> AsyncIterator[list[asyncpg.Record]]:
-    """Accepted events as ``(topic, payload)`` pages, by event time then id: one server-side
-    cursor, so the log is sorted once and never held whole in memory."""
+    """Accepted events as ``(topic, payload, qualified_id, occurred_at)`` pages, by event time
+    then id: one server-side cursor, so the log is sorted once and never held whole in memory.
+
+    ``qualified_id`` and ``occurred_at`` are what the worker scored the event by and at (the
+    payload is the event as received: its ``event_id`` is only unique within its source, and
+    its ``occurred_at`` may be a skewed clock's)."""
     cursor = await conn.cursor(
-        """SELECT topic, payload::text AS payload FROM event_log
-            WHERE disposition = 'accepted' ORDER BY occurred_at, event_id"""
+        """SELECT topic, payload::text AS payload, qualified_id, occurred_at FROM event_log
+            WHERE disposition = 'accepted' ORDER BY occurred_at, qualified_id"""
     )
     while rows := await cursor.fetch(page):
         yield rows
@@ -56,14 +60,15 @@ async def links(conn: asyncpg.Connection) -> dict[str, str]:
 
 
 async def identify_assignments(conn: asyncpg.Connection) -> dict[str, str]:
-    """event id -> lead, for ``identify`` events that carried an email but no lead id.
+    """qualified event id -> lead, for ``identify`` (and signed ``unsubscribe``) events that
+    carried an email but no lead id.
 
     The worker sent such an event to the oldest lead with that email *at the time*, which the
     log does not record; the lead whose state holds the event's digest is the one it chose.
     """
     found = await conn.fetch(
-        """SELECT event_id, payload->>'email' AS email FROM event_log
-            WHERE topic = 'events' AND type = 'identify' AND lead_id IS NULL
+        """SELECT qualified_id AS event_id, payload->>'email' AS email FROM event_log
+            WHERE topic = 'events' AND type IN ('identify', 'unsubscribe') AND lead_id IS NULL
               AND disposition = 'accepted' AND payload->>'email' IS NOT NULL"""
     )
     if not found:

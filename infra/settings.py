@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -25,7 +26,10 @@ class Settings(BaseSettings):
     )
     database_name: str = Field(
         default="leadcycle",
-        description="database created and used on the local server when database_url is unset",
+        pattern=r"^[A-Za-z0-9_]+$",
+        max_length=57,
+        description="database created and used on the local server when database_url is unset; "
+        "the demo and the bench use <name>_demo and <name>_bench",
     )
     state_dir: Path = Field(
         default=Path(".leadcycle"),
@@ -48,8 +52,19 @@ class Settings(BaseSettings):
     batch_within: float = Field(
         default=0.25, gt=0, description="seconds a poll waits for input when none has arrived"
     )
+    stall_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="/readyz answers 503 when a partition with lag makes no progress this long",
+    )
     max_message_bytes: int = Field(
         default=64 * 1024, description="input messages larger than this are dead-lettered"
+    )
+    max_future_skew: float = Field(
+        default=300.0,
+        ge=0,
+        description="seconds an event's occurred_at may be ahead of its receive time; further"
+        " ahead = a skewed clock: scored at the receive time (the stated time is kept)",
     )
     bot_pattern: str | None = Field(
         default=None,
@@ -65,6 +80,12 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(
         default=30.0, gt=0, description="seconds between sweeps for SLA, revisit dates, overdue"
     )
+    anonymous_retention_days: int = Field(
+        default=395,
+        ge=0,
+        description="days after its newest event an anonymous visitor that never identified "
+        "is purged by the sweep (395 = 13 months, the tracker cookie's life); 0 = keep forever",
+    )
     web_port: int = Field(default=6066, description="HTTP port of the worker")
     web_enabled: bool = Field(default=False, description="serve the worker's HTTP endpoints")
     log_level: str = Field(default="info", description="worker log level")
@@ -77,12 +98,22 @@ class Settings(BaseSettings):
     def topics(self) -> TopicNames:
         return TopicNames(self.topic_prefix)
 
+    @property
+    def anonymous_retention(self) -> timedelta | None:
+        """How long an anonymous-only visitor is kept after its newest event; None = forever."""
+        days = self.anonymous_retention_days
+        return timedelta(days=days) if days else None
+
     # --- HTTP edge (workers/web, docs/http.md) -------------------------------------------------
     # Secrets have no default: unset means the endpoints that need them answer 401.
     web_bind: str = Field(default="0.0.0.0", description="address the worker's HTTP server binds")
     http_write_keys: SecretStr | None = Field(
         default=None,
         description="collector write keys, one per site: site=key[,site=key]; unset = 401",
+    )
+    http_server_keys: SecretStr | None = Field(
+        default=None,
+        description="secret collector keys of sites' own servers: site=key[,site=key]",
     )
     http_cors_origins: str = Field(
         default="",
@@ -111,4 +142,47 @@ class Settings(BaseSettings):
     )
     sales_admin_token: SecretStr | None = Field(
         default=None, description="bearer token that sees every rep's call list"
+    )
+    # --- HTTP edge protections (docs/http.md, "Protections") -----------------------------------
+    http_trusted_proxies: str = Field(
+        default="",
+        description="comma-separated addresses/CIDRs of reverse proxies whose X-Forwarded-For, "
+        "Forwarded and X-Forwarded-Proto are believed; unset = the TCP peer is the client",
+    )
+    http_read_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds a connection may take to send a request's head (from connect or "
+        "the previous answer) and, separately, its body; then it is closed",
+    )
+    http_max_connections_per_client: int = Field(
+        default=64,
+        ge=0,
+        description="open connections one client address (IPv6: its /64) may hold; more are "
+        "closed; 0 = no cap; trusted proxies are exempt",
+    )
+    sales_rate_limit: float = Field(
+        default=5.0,
+        ge=0,
+        description="sales requests (call lists, outcomes, page, sign-in) a second one client "
+        "may sustain; more = 429; 0 = no limit",
+    )
+    sales_rate_burst: int = Field(
+        default=30, ge=1, description="sales requests one client may send at once (bucket)"
+    )
+    sales_auth_failures: int = Field(
+        default=10,
+        ge=1,
+        description="bad sales tokens, cookies or sign-ins one client may send before every "
+        "sales request of it gets 429; then one more a minute",
+    )
+    sales_cookie_secure: bool | None = Field(
+        default=None,
+        description="mark the page's session cookie Secure: true behind a TLS-terminating "
+        "proxy, false never; unset = when the request is https",
+    )
+    sales_origins: str = Field(
+        default="",
+        description="comma-separated origins (scheme://host[:port]) the call-list page's forms "
+        "may be posted from besides the server's own",
     )

@@ -13,16 +13,29 @@ import asyncpg
 class LoggedEvent:
     """An accepted input event as the event log stores it."""
 
-    event_id: str
+    event_id: str  # the producer's id
+    #: Where ``event_id`` is unique: the topic, or ``http:<site>`` (``scoring.intake``).
+    source: str
+    #: ``<source>|<event_id>``: the id the scoring core, ledger and stage history use.
+    qualified_id: str
     topic: str
     type: str
     subject: str
     lead_id: str | None
     anonymous_id: str | None
+    #: The time the event is scored at (the stated time, unless that was too far ahead).
     occurred_at: datetime
+    #: ``occurred_at`` as the producer stated it, when it was replaced; else None.
+    stated_occurred_at: datetime | None
+    site: str | None  # the collector site that received it; None: a Kafka producer
     disposition: str
-    source: str
-    payload: str  # the event as JSON text
+    position: str  # topic:partition:offset it was read from
+    payload: str  # the event as received, JSON text
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The idempotency key: ``(source, event_id)``."""
+        return self.source, self.event_id
 
 
 @dataclass(frozen=True)
@@ -45,16 +58,18 @@ class OutboxRecord:
 
 _STAGE_EVENTS = """
 CREATE TEMP TABLE IF NOT EXISTS stage_event_log (
-    event_id text, topic text, type text, subject text, lead_id text, anonymous_id text,
-    occurred_at timestamptz, disposition text, source text, payload text
+    event_id text, source text, qualified_id text, topic text, type text, subject text,
+    lead_id text, anonymous_id text, occurred_at timestamptz, stated_occurred_at timestamptz,
+    site text, disposition text, position text, payload text
 ) ON COMMIT DELETE ROWS"""
 
 
-async def log_events(conn: asyncpg.Connection, rows: Sequence[LoggedEvent]) -> set[str]:
-    """Insert events not seen before; return the ids that were new (in this transaction).
+async def log_events(conn: asyncpg.Connection, rows: Sequence[LoggedEvent]) -> set[tuple[str, str]]:
+    """Insert events not seen before; return the keys that were new (in this transaction).
 
-    The event id is the primary key, so duplicates inside the batch, redeliveries and replays
-    all come back as "not new" and are not applied again.
+    ``(event_id, source)`` is the primary key, so duplicates inside the batch, redeliveries
+    and replays all come back as "not new" and are not applied again, while the same id from
+    another source is another event.
     """
     if not rows:
         return set()
@@ -64,30 +79,36 @@ async def log_events(conn: asyncpg.Connection, rows: Sequence[LoggedEvent]) -> s
         records=[
             (
                 r.event_id,
+                r.source,
+                r.qualified_id,
                 r.topic,
                 r.type,
                 r.subject,
                 r.lead_id,
                 r.anonymous_id,
                 r.occurred_at,
+                r.stated_occurred_at,
+                r.site,
                 r.disposition,
-                r.source,
+                r.position,
                 r.payload,
             )
             for r in rows
         ],
     )
     inserted = await conn.fetch(
-        """INSERT INTO event_log (event_id, topic, type, subject, lead_id, anonymous_id,
-                                  occurred_at, disposition, source, payload)
-           SELECT DISTINCT ON (event_id) event_id, topic, type, subject, lead_id, anonymous_id,
-                  occurred_at, disposition, source, payload::jsonb
+        """INSERT INTO event_log (event_id, source, qualified_id, topic, type, subject, lead_id,
+                                  anonymous_id, occurred_at, stated_occurred_at, site,
+                                  disposition, position, payload)
+           SELECT DISTINCT ON (event_id, source) event_id, source, qualified_id, topic, type,
+                  subject, lead_id, anonymous_id, occurred_at, stated_occurred_at, site,
+                  disposition, position, payload::jsonb
              FROM stage_event_log
-         ORDER BY event_id
-           ON CONFLICT (event_id) DO NOTHING
-        RETURNING event_id"""
+         ORDER BY event_id, source
+           ON CONFLICT (event_id, source) DO NOTHING
+        RETURNING source, event_id"""
     )
-    return {r["event_id"] for r in inserted}
+    return {(r["source"], r["event_id"]) for r in inserted}
 
 
 async def record_dead_letters(conn: asyncpg.Connection, rows: Sequence[DeadLetterRow]) -> int:

@@ -8,8 +8,12 @@ decayed to ``ref``. Exponents are therefore never positive, so nothing overflows
 apart events are, and the result depends only on the set of contributions, not on their order
 (up to float rounding, ~1e-15 relative).
 
-Reading at ``t`` earlier than ``ref`` (an event dated after the reading time, e.g. producer clock
-skew) reads the group at ``ref``: contributions are never extrapolated upwards.
+Reading at ``t`` earlier than ``ref`` reads the group at ``ref``: contributions are never
+extrapolated upwards. It does not happen in scoring: the engine never anchors a contribution
+after the processing time it reads at (``scoring.engine``), and the worker scores an event
+whose clock ran ahead at its receive time (``scoring.intake``). A ``ref`` in the future would
+freeze the group there: every real contribution read decayed towards it, the future one never
+decaying.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from scoring.lifecycle import advance_by_time, disqualify, on_outcome
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score, fit_score, priority, raw_behaviour_score
 from scoring.state import ANON_PREFIX, MAX_LINKED_IDS, LeadState, event_key, with_key
+from scoring.trust import counts
 
 Event = BehaviourTracked | ProfileUpdated | OutcomeRecorded
 
@@ -131,13 +132,19 @@ def _on_behaviour(d: Draft, event: BehaviourTracked) -> None:
     gained = info.gained if info is not None and event.occurred_at >= info.since else None
     raw_total = 0.0
     score: float | None = None  # the raw behaviour score at ``now`` (read once, then carried)
-    for rule in matching_rules(event, rules.behaviour):
+    # An unvouched browser unsubscribe is recorded but credits nothing (scoring/trust.py).
+    for rule in matching_rules(event, rules.behaviour) if counts(event) else ():
         c = credit(caps, rule, event, rules)
+        # Never anchored after ``now``: a group's reference would move ahead of the time it
+        # is read at, and every real event of the group would be read decayed towards it
+        # while this one never decays (an event dated ahead by a skewed clock). The worker
+        # already scores such an event at its receive time; this holds for any caller.
+        anchor = min(c.anchor, now)
         before = read(groups, now) if score is None else score
-        groups = add(groups, c.half_life_days, c.anchor, c.points)
-        ref = newest_of(groups, c.half_life_days) or c.anchor
+        groups = add(groups, c.half_life_days, anchor, c.points)
+        ref = newest_of(groups, c.half_life_days) or anchor
         if gained is not None:
-            gained = add(gained, c.half_life_days, c.anchor, c.points)
+            gained = add(gained, c.half_life_days, anchor, c.points)
         raw_total += c.raw
         score = read(groups, now)
         d.ledger.append(
@@ -151,9 +158,9 @@ def _on_behaviour(d: Draft, event: BehaviourTracked) -> None:
                 occurred_at=event.occurred_at,
                 raw_points=c.raw,
                 points=c.points,
-                anchor=c.anchor,
+                anchor=anchor,
                 half_life_days=c.half_life_days,
-                decayed_points=worth(c.points, c.anchor, c.half_life_days, now, ref),
+                decayed_points=worth(c.points, anchor, c.half_life_days, now, ref),
                 score_before=before,
                 score_after=score,
             )

@@ -3,7 +3,8 @@
 :class:`Fold` is what ``leadcycle replay`` runs over the event log, what the integration tests
 use as their oracle and what the replay benchmark measures: each event goes to its subject (the
 lead id, else the anonymous visitor ``anon:<id>``, else the lead an earlier ``identify`` linked
-that visitor to), an ``identify`` stitches the visitor's history into the lead, and
+that visitor to), an ``identify`` stitches the visitor's history into the lead (unless it is an
+unsigned browser one that named an existing lead, see :mod:`scoring.trust`), and
 :func:`scoring.engine.apply` does the rest. Pure: no I/O, ``now`` is passed in. Decoding and bot
 filtering happen before, outside ``scoring/``.
 
@@ -29,6 +30,7 @@ from scoring.ledger import LedgerEntry
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score, priority
 from scoring.state import ANON_PREFIX, LeadState
+from scoring.trust import vouched
 
 Event = BehaviourTracked | ProfileUpdated | OutcomeRecorded
 
@@ -47,9 +49,9 @@ class Fold:
         links: anonymous ids already known to belong to a lead (``identity_links``): their
             events go straight to that lead. Without it the first ``identify`` of an
             anonymous id, in fold order, links it.
-        assigned: event id -> subject, for ``identify`` events without a lead id whose lead
-            was resolved elsewhere (the worker's lookup by email). Without it such an event
-            is about ``email:<email>``.
+        assigned: event id -> subject, for ``identify`` (and signed ``unsubscribe``) events
+            without a lead id whose lead was resolved elsewhere (the worker's lookup by
+            email). Without it such an identify is about ``email:<email>``.
     """
 
     def __init__(
@@ -72,8 +74,10 @@ class Fold:
         """Whom ``event`` is about, given what the fold has seen so far."""
         if not isinstance(event, BehaviourTracked) or event.lead_id:
             return event.lead_id or ""
-        if event.type == "identify" and event.email:
+        if event.type == "identify" and event.email and self._links(event):
             return self.assigned.get(event.event_id) or f"email:{event.email}"
+        if event.type == "unsubscribe" and event.event_id in self.assigned:
+            return self.assigned[event.event_id]  # a signed link: the lead of its email
         anonymous_id = event.anonymous_id or ""
         return self.links.get(anonymous_id) or f"{ANON_PREFIX}{anonymous_id}"
 
@@ -83,7 +87,12 @@ class Fold:
         subject = self.subject(event)
         state = self.states.get(subject) or LeadState.new(subject, now=self.now)
         decisions = []
-        if isinstance(event, BehaviourTracked) and event.type == "identify" and event.anonymous_id:
+        if (
+            isinstance(event, BehaviourTracked)
+            and event.type == "identify"
+            and event.anonymous_id
+            and self._links(event)
+        ):
             anon = f"{ANON_PREFIX}{event.anonymous_id}"
             self.links.setdefault(event.anonymous_id, subject)
             if anon in self.states and not state.anonymous:
@@ -98,6 +107,12 @@ class Fold:
         if isinstance(event, BehaviourTracked) and subject.startswith(ANON_PREFIX):
             self._history[subject].append(event)
         return decisions
+
+    def _links(self, event: BehaviourTracked) -> bool:
+        """Whether an ``identify`` links its visitor to the lead of its email. An unsigned
+        browser identify the worker assigned to no lead named a lead that already existed: it
+        stayed the visitor's own event (docs/http.md, "Trust model")."""
+        return vouched(event) or event.event_id in self.assigned
 
     def leads(self) -> dict[str, LeadState]:
         """The final state of every known (not anonymous) lead."""

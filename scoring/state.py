@@ -108,7 +108,8 @@ class LeadState(Frozen):
     decay: tuple[DecayGroup, ...] = ()
     #: ``"<rule id>@<window start date>"`` -> (raw points summed, points credited).
     caps: dict[str, tuple[float, float]] = {}
-    #: Sorted digests of every event applied (idempotency).
+    #: Sorted digests of every event applied (idempotency), by the id the worker knows it by:
+    #: ``<source>|<event_id>`` (``scoring.intake``; bare ids for events logged before that).
     applied: tuple[str, ...] = ()
     bant: Bant = Bant()
     recycle: RecycleInfo | None = None
@@ -162,6 +163,10 @@ def with_key(applied: tuple[str, ...], key: str) -> tuple[str, ...] | None:
 
 
 def event_key(event_id: str) -> str:
-    """A 12-character digest of ``event_id`` (72 bits: collisions within one lead are moot)."""
+    """A 12-character digest of ``event_id`` (72 bits: collisions within one lead are moot).
+
+    The worker passes the source-qualified id (``scoring.intake.qualify``), so one producer's
+    id never shares a digest with the same id from another topic or collector site.
+    """
     digest = hashlib.blake2b(event_id.encode("utf-8"), digest_size=9).digest()
     return base64.urlsafe_b64encode(digest).decode("ascii")

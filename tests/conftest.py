@@ -28,6 +28,9 @@ from infra.postgres import (
 )
 from infra.processes import free_port
 
+#: Comment on the databases tests create; only those are dropped (infra/postgres.py).
+TEST_MARKER = "test"
+
 
 @dataclass(frozen=True)
 class RunningServices:
@@ -73,6 +76,6 @@ async def services(
     kafka_url: str, server_dsn: str, state_dir: Path
 ) -> AsyncIterator[RunningServices]:
     name = f"leadcycle_test_{os.getpid()}"
-    dsn = await db.migrated_database(server_dsn, name, fresh=True)
+    dsn = await db.migrated_database(server_dsn, name, marker=TEST_MARKER, fresh=True)
     yield RunningServices(kafka_url, server_dsn, dsn, state_dir)
-    await drop_database(server_dsn, name)
+    await drop_database(server_dsn, name, marker=TEST_MARKER)

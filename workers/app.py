@@ -22,6 +22,8 @@ from workers.consumer import InputConsumer
 from workers.ingest import Incoming, Ingestor
 from workers.leads import Assignment, LeadProcessor
 from workers.sweeper import sweep_once
+from workers.undecodable import BadBatch
+from workers.undecodable import record as record_undecodable
 
 log = logging.getLogger("leadcycle.worker")
 
@@ -83,6 +85,7 @@ class Runtime(Service):
             max_message_bytes=self.settings.max_message_bytes,
             bots=BotFilter(self.settings.bot_pattern or DEFAULT_BOT_PATTERN),
             apply=self.processor.apply_events,
+            max_future_skew=self.settings.max_future_skew,
         )
 
     async def on_stop(self) -> None:
@@ -147,11 +150,6 @@ def create_app(settings: Settings, endpoints: Endpoints) -> faust.App:
     # Added before the app starts, the runtime starts first (pool and topics ready before any
     # agent reads) and stops last.
     app.add_dependency(runtime)
-    if settings.web_enabled:
-        from workers.web.server import WebServer, web_context
-
-        # faust starts a registered web server after recovery, instead of its own web stack.
-        app.web_server(WebServer(web_context(settings, endpoints, lambda: runtime.pool)))
 
     async def ingest(batch: Sequence[Incoming]) -> None:
         assert runtime.ingestor is not None
@@ -167,19 +165,35 @@ def create_app(settings: Settings, endpoints: Endpoints) -> faust.App:
             (time.monotonic() - started) * 1000,
         )
 
+    async def undecodable(bad: BadBatch) -> None:
+        assert runtime.pool is not None
+        assert runtime.ingestor is not None
+        ids, records = await record_undecodable(
+            runtime.pool, bad, settings.topics, datetime.now(UTC)
+        )
+        await runtime.ingestor.publish_committed(ids, records)
+
     # The input topics are read by a batched consumer-group member, not a faust agent
     # (workers/consumer.py says why). It starts after the runtime and stops before it.
-    app.add_dependency(
-        InputConsumer(
-            bootstrap=endpoints.kafka_url,
-            group_id=settings.app_id,
-            topics=settings.topics.inputs(),
-            prefix=settings.topic_prefix,
-            handle=ingest,
-            batch_size=settings.batch_size,
-            poll_wait=settings.batch_within,
-        )
+    consumer = InputConsumer(
+        bootstrap=endpoints.kafka_url,
+        group_id=settings.app_id,
+        topics=settings.topics.inputs(),
+        prefix=settings.topic_prefix,
+        handle=ingest,
+        batch_size=settings.batch_size,
+        poll_wait=settings.batch_within,
+        stall_seconds=settings.stall_seconds,
+        on_undecodable=undecodable,
     )
+    app.add_dependency(consumer)
+    if settings.web_enabled:
+        from workers.web.server import WebServer, web_context
+
+        # faust starts a registered web server after recovery, instead of its own web stack.
+        web = web_context(settings, endpoints, lambda: runtime.pool)
+        web.stalled = consumer.stalled  # /readyz names input partitions that stopped moving
+        app.web_server(WebServer(web))
 
     @app.timer(interval=RELAY_AFTER_SECONDS)
     async def relay() -> None:
@@ -200,7 +214,10 @@ def create_app(settings: Settings, endpoints: Endpoints) -> faust.App:
             return
         try:
             _, ids, records = await sweep_once(
-                runtime.pool, runtime.processor, now=datetime.now(UTC)
+                runtime.pool,
+                runtime.processor,
+                now=datetime.now(UTC),
+                retention=settings.anonymous_retention,
             )
             await runtime.ingestor.publish_committed(ids, records)
         except Exception as exc:  # the sweep is retried on its next tick

@@ -1,4 +1,9 @@
-"""Bot traffic: crawlers and link scanners are dropped before scoring (and counted)."""
+"""Bot traffic: crawlers and link scanners are dropped before scoring (and counted).
+
+Judged on the visitor's user agent (an event's ``context.user_agent``), never on the program
+that sent it: the collector puts the request's ``User-Agent`` there only for browser keys,
+where the sender is the visitor; a site's server forwards its visitor's (docs/http.md).
+"""
 
 from __future__ import annotations
 

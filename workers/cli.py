@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -151,8 +151,10 @@ def calllist(rep: str | None, day: datetime | None, fmt: str, limit: int | None)
     """Print open follow-ups, by due time then priority, with the context a rep needs."""
     from infra.calllist import open_followups
     from scoring.rules import load_rules
-    from workers.render import call_list_csv, call_list_json, call_list_table
+    from workers.render import call_list_csv, call_list_json, call_list_table, terminal_text
 
+    if day is not None and day.date() >= date.max:
+        raise click.BadParameter("must be before 9999-12-31", param_hint="--date")
     settings = _settings()
     tz = load_rules(settings.rules_file).calendar.timezone
     entries = asyncio.run(
@@ -164,7 +166,7 @@ def calllist(rep: str | None, day: datetime | None, fmt: str, limit: int | None)
         )
     )
     if fmt == "table":
-        text = call_list_table(entries, tz)
+        text = terminal_text(call_list_table(entries, tz))  # cells are printable already
     else:
         text = call_list_json(entries) if fmt == "json" else call_list_csv(entries)
     click.echo(text.rstrip("\n"))
@@ -177,6 +179,7 @@ def lead(lead_id: str, fmt: str) -> None:
     """Show one lead: state, stage history, score explanation (ledger) and its check."""
     from scoring.rules import load_rules
     from workers.explain import explain_lead, render_explanation
+    from workers.render import json_text
 
     settings = _settings()
     rules = load_rules(settings.rules_file)
@@ -188,7 +191,7 @@ def lead(lead_id: str, fmt: str) -> None:
     if found is None:
         raise click.ClickException(f"no lead {lead_id!r}")
     click.echo(
-        json.dumps(found, indent=2, ensure_ascii=False, default=str)
+        json_text(json.dumps(found, indent=2, ensure_ascii=False, default=str))
         if fmt == "json"
         else render_explanation(found)
     )
@@ -213,7 +216,8 @@ def sweep(at: str | None) -> None:
     else:
         click.echo(
             f"swept at {now.isoformat()}: {report.leads} leads checked, "
-            f"{report.overdue} follow-ups newly overdue, {report.outputs} messages"
+            f"{report.overdue} follow-ups newly overdue, {report.outputs} messages, "
+            f"{report.purged} anonymous visitors purged"
         )
 
 
@@ -236,6 +240,7 @@ def replay(rules_file: Path | None, dry_run: bool, fmt: str) -> None:
     """
     from scoring.errors import RulesError
     from scoring.rules import load_rules
+    from workers.render import terminal_text
     from workers.replay import ReplayConflict, render_report, run_replay
 
     settings = _settings()
@@ -250,7 +255,9 @@ def replay(rules_file: Path | None, dry_run: bool, fmt: str) -> None:
         )
     except ReplayConflict as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(render_report(report, fmt))
+    # Lead ids and rule versions come from outside: no escapes reach the terminal.
+    text = render_report(report, fmt)
+    click.echo(text if fmt == "json" else terminal_text(text))
 
 
 @main.command()

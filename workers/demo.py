@@ -38,7 +38,8 @@ from workers.render import call_list_table
 from workers.report import summary_lines
 from workers.traffic import Message, generate, recent_spec
 
-DEMO_DATABASE = "leadcycle_demo"
+#: Comment the demo puts on the database it creates; it drops no database without it.
+DEMO_MARKER = "demo"
 CHUNK_DAYS = 5
 
 
@@ -48,8 +49,10 @@ def say(text: str) -> None:
 
 def run_demo(settings: Settings, *, leads: int, seed: int, timeout: float) -> int:
     with ExitStack() as cleanup:
-        kafka_url = _broker(settings, cleanup.callback)
+        # The database first: a name taken by someone else's database stops the demo before
+        # it has started anything.
         dsn = _database(settings, cleanup.callback)
+        kafka_url = _broker(settings, cleanup.callback)
         asyncio.run(_prepare(settings, kafka_url, dsn))
         worker = _start_worker(settings, kafka_url, dsn)
         cleanup.callback(worker.stop)
@@ -102,10 +105,24 @@ def _database(settings: Settings, on_exit: Callable[..., object]) -> str:
         on_exit(stop_private_cluster, cluster.data_dir)
         server = f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres"
         say(f"started a private PostgreSQL cluster (pid {cluster.pid})")
-    # A fresh demo database each run, so the summary describes exactly this run.
-    asyncio.run(drop_database(server, DEMO_DATABASE))
-    dsn = asyncio.run(ensure_database(server, DEMO_DATABASE))
-    say(f"using database {with_database(server, DEMO_DATABASE)}")
+    return asyncio.run(demo_database(server, settings.database_name))
+
+
+def demo_database_name(database_name: str) -> str:
+    """The demo's database: ``<LEADCYCLE_DATABASE_NAME>_demo``, never the user's own."""
+    return f"{database_name}_demo"
+
+
+async def demo_database(server_dsn: str, database_name: str) -> str:
+    """A fresh demo database each run, so the summary describes exactly this run.
+
+    The previous run's database is dropped only if it carries the demo's marker: a database of
+    that name someone else made stops the demo with an error instead (NotOurDatabase).
+    """
+    name = demo_database_name(database_name)
+    await drop_database(server_dsn, name, marker=DEMO_MARKER)
+    dsn = await ensure_database(server_dsn, name, marker=DEMO_MARKER)
+    say(f"using database {with_database(server_dsn, name)} (created by this demo)")
     return dsn
 
 

@@ -8,10 +8,12 @@ from typing import Any
 
 import asyncpg
 
+from scoring.intake import split
 from scoring.ledger import LedgerEntry, score_from_ledger
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score, priority
 from scoring.state import LeadState
+from workers.render import printable_tree
 
 
 async def explain_lead(
@@ -41,6 +43,7 @@ async def explain_lead(
              FROM followups WHERE lead_id = $1 ORDER BY created_at""",
         lead_id,
     )
+    stated = await _stated_times(conn, {e.event_id for e in ledger})
     fit_ledger, behaviour_ledger = score_from_ledger(ledger, at=at, rules=rules)
     behaviour = behaviour_score(state, at, rules)
     return {
@@ -68,11 +71,42 @@ async def explain_lead(
         },
         "stage_history": [dict(r) for r in history],
         "followups": [dict(r) for r in followups],
-        "ledger": [e.model_dump(mode="json") for e in ledger],
+        "ledger": [_entry(e, stated.get(e.event_id)) for e in ledger],
     }
 
 
+async def _stated_times(conn: asyncpg.Connection, qualified_ids: set[str]) -> dict[str, datetime]:
+    """qualified event id -> the time its producer stated, for events scored at another time
+    (a clock too far ahead: see docs/operations.md, "Event time")."""
+    keys = [split(q) for q in sorted(qualified_ids)]
+    keys = [(source, event_id) for source, event_id in keys if source is not None]
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        """SELECT e.qualified_id, e.stated_occurred_at
+             FROM unnest($1::text[], $2::text[]) AS k(event_id, source)
+             JOIN event_log e ON e.event_id = k.event_id AND e.source = k.source
+            WHERE e.stated_occurred_at IS NOT NULL""",
+        [event_id for _, event_id in keys],
+        [source for source, _ in keys],
+    )
+    return {r["qualified_id"]: r["stated_occurred_at"] for r in rows}
+
+
+def _entry(entry: LedgerEntry, stated: datetime | None) -> dict[str, Any]:
+    """A ledger entry for the view: with the producer's own event id and its source, and the
+    stated time of an event scored at another time (``occurred_at`` is the time used)."""
+    doc = entry.model_dump(mode="json")
+    source, doc["producer_event_id"] = split(entry.event_id)
+    doc["source"] = source
+    doc["stated_occurred_at"] = stated.isoformat() if stated is not None else None
+    return doc
+
+
 def render_explanation(doc: dict[str, Any]) -> str:
+    """The explanation as text for a terminal: every string in it made printable first (CRM
+    profiles, tracked labels and reasons are untrusted; workers/render.py says why)."""
+    doc = printable_tree(doc)
     p = doc["profile"]
     check = doc["reproduced_from_ledger"]
     lines = [
@@ -110,8 +144,14 @@ def render_explanation(doc: dict[str, Any]) -> str:
         )
     lines.append(f"ledger ({len(doc['ledger'])} entries):")
     for e in doc["ledger"]:
+        source = f" ({e['source']})" if e.get("source") else ""
         lines.append(
             f"  {e['occurred_at'][:16]}  {e['kind']:<9} {e['rule_id']:<24} "
-            f"{e['points']:>+7.1f}  event {e['event_id']}"
+            f"{e['points']:>+7.1f}  event {e.get('producer_event_id', e['event_id'])}{source}"
         )
+        if e.get("stated_occurred_at"):
+            lines.append(
+                f"    stated {e['stated_occurred_at'][:19]}, scored at {e['occurred_at'][:19]}"
+                " (clock ahead of its receive time)"
+            )
     return "\n".join(lines)

@@ -14,7 +14,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import asyncpg
@@ -26,6 +26,7 @@ from events.profiles import ProfileUpdated
 from events.tracking import BehaviourTracked
 from infra import store
 from infra.store import DeadLetterRow, LoggedEvent, OutboxRecord
+from scoring.intake import admitted, qualify, scored_time, source_of
 from workers.bots import BotFilter
 
 log = logging.getLogger("leadcycle.ingest")
@@ -101,6 +102,7 @@ class Ingestor:
         apply: Apply = _no_apply,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_backoff: float = 5.0,
+        max_future_skew: float = 300.0,
     ) -> None:
         self.pool = pool
         self.topics = topics
@@ -110,6 +112,8 @@ class Ingestor:
         self.apply = apply
         self.clock = clock
         self.max_backoff = max_backoff
+        #: An ``occurred_at`` further ahead of its receive time is scored at the receive time.
+        self.max_future_skew = timedelta(seconds=max_future_skew)
         #: The previous batch's publish, still running while this batch is processed.
         self._publishing: asyncio.Future[None] | None = None
 
@@ -135,8 +139,8 @@ class Ingestor:
         try:
             await self._commit_with_retry(accepted, rejected, report)
         except Exception:
-            # Not a passing outage but something in this batch itself: find it, one by one.
-            log.exception("batch of %d failed; isolating the message that fails", len(batch))
+            # Not a passing outage but something in this batch itself: find it by bisection.
+            log.exception("batch of %d failed; bisecting it to isolate what fails", len(batch))
             await self._isolate(accepted, rejected, report)
         return report
 
@@ -178,24 +182,25 @@ class Ingestor:
         report: BatchReport,
     ) -> tuple[list[int], list[OutboxRecord]]:
         now = self.clock()
-        rows = [self._log_row(msg, event) for msg, event in accepted]
+        rows = [self._log_row(msg, event, now) for msg, event in accepted]
         letters = [self._dead_letter(msg, why, now) for msg, why in rejected]
         async with self.pool.acquire() as conn, conn.transaction():
-            new_ids = await store.log_events(conn, rows)
+            new_keys = await store.log_events(conn, rows)
             new_letters = await store.record_dead_letters(conn, [row for row, _ in letters])
             fresh: list[InputEvent] = []
-            seen: set[str] = set()
+            seen: set[tuple[str, str]] = set()
             for row, (_, event) in zip(rows, accepted, strict=True):
-                if row.event_id in new_ids and row.event_id not in seen:
-                    seen.add(row.event_id)
+                if row.key in new_keys and row.key not in seen:
+                    seen.add(row.key)
                     if row.disposition == "accepted":
-                        fresh.append(event)
+                        # Scored as logged: by its qualified id, at the time it is scored at.
+                        fresh.append(admitted(event, row.qualified_id, row.occurred_at))
             outputs = await self.apply(conn, fresh, now)
             outputs = [record for _, record in letters] + outputs
             ids = await store.add_outbox(conn, outputs)
         report.new_events = len(seen)
         report.duplicates = len(rows) - len(seen)
-        report.bots = sum(1 for r in rows if r.event_id in seen and r.disposition == "bot")
+        report.bots = sum(1 for r in rows if r.key in seen and r.disposition == "bot")
         report.dead_letters = new_letters
         return ids, outputs
 
@@ -205,15 +210,59 @@ class Ingestor:
         rejected: Sequence[tuple[Incoming, Rejection]],
         report: BatchReport,
     ) -> None:
-        await self._commit_with_retry([], rejected, BatchReport())
-        for msg, event in accepted:
+        """Commit a failed batch in parts, bisecting down to the messages that fail.
+
+        The dead letters commit first, then the accepted messages in halves, left before right
+        (so events apply in their batch order); a half that fails is split again, and a single
+        message that fails is dead-lettered as ``processing_error``. One bad message among
+        ``n`` costs at most ``2 * ceil(log2 n) + 1`` commits instead of ``n``
+        (docs/reliability.md, "A batch that fails"). ``report`` adds up every part.
+        """
+
+        async def commit(
+            good: Sequence[tuple[Incoming, InputEvent]], bad: Sequence[tuple[Incoming, Rejection]]
+        ) -> None:
+            part = BatchReport()
             try:
-                await self._commit_with_retry([(msg, event)], [], BatchReport())
-            except Exception as exc:
-                log.exception("message %s cannot be processed; dead-lettering it", msg.position)
-                why = Rejection("processing_error", f"{type(exc).__name__}: {exc}"[:1000])
-                await self._commit_with_retry([], [(msg, why)], BatchReport())
-                report.dead_letters += 1
+                await self._commit_with_retry(good, bad, part)
+            finally:
+                report.attempts += part.attempts
+            report.new_events += part.new_events
+            report.duplicates += part.duplicates
+            report.bots += part.bots
+            report.dead_letters += part.dead_letters
+
+        async def bisect(part: Sequence[tuple[Incoming, InputEvent]], *, fails: bool) -> bool:
+            """Commit ``part``; ``fails``: it is already known to fail whole. Whether every
+            message in it committed (no failing one was found)."""
+            if not fails:
+                try:
+                    await commit(part, [])
+                    return True
+                except Exception as exc:
+                    if len(part) > 1:
+                        log.info("a part of %d messages failed (%r); splitting it", len(part), exc)
+                        fails = True
+                    else:
+                        msg = part[0][0]
+                        log.exception(
+                            "message %s cannot be processed; dead-lettering it", msg.position
+                        )
+                        why = Rejection("processing_error", f"{type(exc).__name__}: {exc}"[:1000])
+                        await commit([], [(msg, why)])
+                        return False
+            if len(part) == 1:  # known to fail alone: find the error again, to record it
+                return await bisect(part, fails=False)
+            mid = len(part) // 2
+            left_clean = await bisect(part[:mid], fails=False)
+            # Left committed whole, so the failure is on the right: split it without retrying it.
+            right_clean = await bisect(part[mid:], fails=left_clean)
+            return left_clean and right_clean
+
+        if rejected:
+            await commit([], rejected)
+        if accepted:
+            await bisect(accepted, fails=True)
 
     async def publish_committed(self, ids: list[int], records: list[OutboxRecord]) -> None:
         """Publish committed outbox rows and clear them; on failure the relay retries later."""
@@ -235,25 +284,39 @@ class Ingestor:
                 "could not clear %d sent outbox rows (%r); they may be re-sent", len(ids), exc
             )
 
-    def _log_row(self, msg: Incoming, event: InputEvent) -> LoggedEvent:
+    def _log_row(self, msg: Incoming, event: InputEvent, now: datetime) -> LoggedEvent:
+        site: str | None = None
+        received = now
         if isinstance(event, BehaviourTracked):
             ua = event.context.user_agent if event.context else None
             subject, lead_id, anonymous_id = event.subject, event.lead_id, event.anonymous_id
             disposition = "bot" if self.bots.is_bot(ua) else "accepted"
+            if event.collected is not None:
+                site, received = event.collected.site, event.collected.received_at
         else:
             assert isinstance(event, ProfileUpdated | OutcomeRecorded)
             subject, lead_id, anonymous_id = event.lead_id, event.lead_id, None
             disposition = "accepted"
+        source = source_of(msg.topic, event)
+        # A clock far ahead would anchor this event's decay in the future and make every
+        # real event of its group count ~0 (docs/operations.md, "Event time").
+        used = scored_time(
+            event.occurred_at, received=received, now=now, max_skew=self.max_future_skew
+        )
         return LoggedEvent(
             event_id=event.event_id,
+            source=source,
+            qualified_id=qualify(source, event.event_id),
             topic=msg.topic,
             type=event.type,
             subject=subject,
             lead_id=lead_id,
             anonymous_id=anonymous_id,
-            occurred_at=event.occurred_at,
+            occurred_at=used,
+            stated_occurred_at=event.occurred_at if used != event.occurred_at else None,
+            site=site,
             disposition=disposition,
-            source=msg.position,
+            position=msg.position,
             # The message as received: decode() proved it valid UTF-8 JSON of this model.
             payload=msg.value.decode("utf-8") if msg.value else event.model_dump_json(),
         )

@@ -26,10 +26,12 @@ from infra.store import OutboxRecord
 from scoring.assignment import assign
 from scoring.decision import Decision, FollowupDecision
 from scoring.engine import apply, stitch, sweep
+from scoring.intake import admitted
 from scoring.ledger import LedgerEntry
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score, weigh
 from scoring.state import ANON_PREFIX, LeadState
+from scoring.trust import vouched
 
 log = logging.getLogger("leadcycle.leads")
 
@@ -152,7 +154,7 @@ class LeadProcessor:
             conn, [e.anonymous_id for e in behaviour if e.anonymous_id and not e.lead_id]
         )
         by_email = await leadstore.leads_by_email(
-            conn, [e.email for e in behaviour if e.type == "identify" and not e.lead_id and e.email]
+            conn, [e.email for e in behaviour if _by_email(e) and e.email]
         )
         return links, by_email
 
@@ -172,28 +174,29 @@ class LeadProcessor:
         links, by_email = dict(seen[0]), seen[1]
         chosen = [(i, events[i]) for i in indexes]
         contained = touched is not None
+        #: Emails an identify gave a lead earlier in this pass: as good as known already.
+        claimed: set[str] = set()
         if touched is None:
-            wanted = {self._subject(e, links, by_email) for _, e in chosen}
-            wanted |= {
-                f"{ANON_PREFIX}{e.anonymous_id}"
-                for _, e in chosen
-                if isinstance(e, BehaviourTracked) and e.type == "identify" and e.anonymous_id
-            }
+            wanted = {self._route(e, links, by_email, claimed)[0] for _, e in chosen}
+            for _, e in chosen:
+                if isinstance(e, BehaviourTracked) and e.type == "identify" and e.anonymous_id:
+                    # The visitor, and where an identify kept on the visitor goes.
+                    wanted.add(f"{ANON_PREFIX}{e.anonymous_id}")
+                    if e.anonymous_id in links:
+                        wanted.add(links[e.anonymous_id])
             touched = await self._load(conn, wanted, now, lock=lock)
         run = _Pass(touched)
         for i, event in chosen:
-            subject = self._subject(event, links, by_email)
+            subject, linking = self._route(event, links, by_email, claimed)
             keys = run.keys.setdefault(i, {subject})
             if contained and subject not in touched:
                 raise _Outside(subject)
             lead = await self._resolve(
                 conn, touched, subject, now, lock=lock, keys=keys, contained=contained
             )
-            if (
-                isinstance(event, BehaviourTracked)
-                and event.type == "identify"
-                and event.anonymous_id
-            ):
+            if linking and isinstance(event, BehaviourTracked) and event.anonymous_id:
+                assert event.email is not None  # an identify carries one
+                claimed.add(event.email)
                 anon_id = event.anonymous_id
                 keys.add(f"{ANON_PREFIX}{anon_id}")
                 if contained and f"{ANON_PREFIX}{anon_id}" not in touched:
@@ -270,6 +273,38 @@ class LeadProcessor:
 
     # -- resolving subjects -------------------------------------------------------------------
 
+    @classmethod
+    def _route(
+        cls,
+        event: InputEvent,
+        links: dict[str, str],
+        by_email: dict[str, str],
+        claimed: set[str],
+    ) -> tuple[str, bool]:
+        """The event's subject, and whether it is an identify that links its visitor to the
+        lead of its email (docs/http.md, "Trust model").
+
+        Only a vouched identify (Kafka, server key, or an email signed by the site's server)
+        may link a visitor to a lead that already exists. An unsigned browser identify of a
+        known email is recorded as the visitor's own event: no link, no merge of history. One
+        of an email nobody has yet makes the lead, as a sign-up form would. A signed browser
+        unsubscribe (a signed link) is about the lead of its email.
+        """
+        if not isinstance(event, BehaviourTracked):
+            return cls._subject(event, links, by_email), False
+        identify = event.type == "identify" and event.anonymous_id is not None
+        if event.lead_id or event.email is None:
+            # Naming the lead is vouching for it: browser keys cannot (the collector refuses).
+            return cls._subject(event, links, by_email), identify
+        if event.type == "unsubscribe" and _by_email(event):
+            return by_email.get(event.email) or cls._subject(event, links, by_email), False
+        if event.type != "identify":
+            return cls._subject(event, links, by_email), False
+        known = event.email in by_email or event.email in claimed
+        if known and not vouched(event) and event.anonymous_id:
+            return links.get(event.anonymous_id) or f"{ANON_PREFIX}{event.anonymous_id}", False
+        return cls._subject(event, links, by_email), identify
+
     @staticmethod
     def _subject(event: InputEvent, links: dict[str, str], by_email: dict[str, str]) -> str:
         if not isinstance(event, BehaviourTracked):
@@ -336,8 +371,8 @@ class LeadProcessor:
         if anon is None or anon.merged_into is not None or lead.state.anonymous:
             return
         history = [
-            BehaviourTracked.model_validate_json(p)
-            for p in await leadstore.anonymous_history(conn, subject)
+            admitted(BehaviourTracked.model_validate_json(p), qualified_id, at)
+            for p, qualified_id, at in await leadstore.anonymous_history(conn, subject)
         ]
         decision = stitch(lead.state, anon.state, history, self.rules, now=now)
         lead.decisions.append(decision)
@@ -544,6 +579,20 @@ class LeadProcessor:
         return OutboxRecord(
             self.topics.followups, r.lead_id.encode(), msg.model_dump_json().encode()
         )
+
+
+def _by_email(event: BehaviourTracked) -> bool:
+    """Whether the event's subject is looked up by its email: an identify without a lead id,
+    or a browser unsubscribe whose email the site's server signed (a signed link)."""
+    if event.lead_id or event.email is None:
+        return False
+    if event.type == "identify":
+        return True
+    return (
+        event.type == "unsubscribe"
+        and event.collected is not None
+        and event.collected.email_verified
+    )
 
 
 def _context_json(f: FollowupDecision) -> str:

@@ -30,6 +30,7 @@ from infra import db, replaystore
 from infra.leadstore import LedgerRow
 from infra.replaystore import ScoreRow
 from scoring.fold import Fold, gained_since, over_mql_threshold, rescore, same_scoring
+from scoring.intake import admitted
 from scoring.ledger import LedgerEntry
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score, priority
@@ -193,7 +194,9 @@ async def _replay_once(
             staged: list[LedgerRow] = []
             for row in rows:
                 model = INPUT_MODELS[row["topic"]][0]
-                event = cast(InputEvent, model.model_validate_json(row["payload"]))
+                received = cast(InputEvent, model.model_validate_json(row["payload"]))
+                # By the id and at the time the worker scored it (the log's columns).
+                event = admitted(received, row["qualified_id"], row["occurred_at"])
                 for decision in fold.add(event):
                     for entry in decision.ledger:
                         if not dry_run:

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import asyncpg
 
+from workers.render import printable
+
 
 async def summary_lines(conn: asyncpg.Connection) -> list[str]:
+    """The summary's lines; values read back from the database are made printable."""
+    lines = await _lines(conn)
+    return [printable(line) for line in lines]
+
+
+async def _lines(conn: asyncpg.Connection) -> list[str]:
     lines = ["", "== leadcycle summary"]
     rows = await conn.fetch(
         """SELECT topic, type, count(*) AS n FROM event_log WHERE disposition = 'accepted'

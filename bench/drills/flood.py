@@ -345,7 +345,9 @@ async def run(cfg: DrillConfig) -> DrillResult:
             LEADCYCLE_WEB_ENABLED="true",
             LEADCYCLE_WEB_BIND="127.0.0.1",
             LEADCYCLE_WEB_PORT=str(port),
-            LEADCYCLE_HTTP_WRITE_KEYS=",".join(f"{s}={k}" for s, k in keys.items()),
+            # Server keys: the traffic names CRM leads, unsubscribes and identifies known
+            # emails, which only a site's server may (docs/http.md, "Trust model").
+            LEADCYCLE_HTTP_SERVER_KEYS=",".join(f"{s}={k}" for s, k in keys.items()),
             LEADCYCLE_HTTP_CORS_ORIGINS=ORIGIN,
             LEADCYCLE_HTTP_BATCH_MAX_EVENTS=str(flood.max_events),
             LEADCYCLE_HTTP_MAX_BODY_BYTES=str(flood.max_body),

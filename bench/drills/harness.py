@@ -48,6 +48,8 @@ from .outputs import OutputTap
 from .report import say
 
 PARTITIONS = 4
+#: Comment on the scratch databases drills create; only those are dropped.
+DRILL_MARKER = "drill"
 
 
 @dataclass(frozen=True)
@@ -278,7 +280,7 @@ class Rig:
         """A fresh, migrated scratch database, dropped when the drill ends."""
         name = f"lc_drill_{self.name.replace('-', '_')}_{self.run_id}"
         self.stack.push_async_callback(_drop_quietly, server_dsn, name)
-        return await db.migrated_database(server_dsn, name)
+        return await db.migrated_database(server_dsn, name, marker=DRILL_MARKER)
 
     async def topics_on(self, kafka_url: str) -> OutputTap:
         """Create the drill's topics and start reading its output topics (see outputs.py)."""
@@ -329,7 +331,7 @@ def _copy_logs(source: Path, target: Path) -> None:
 
 async def _drop_quietly(server_dsn: str, name: str) -> None:
     try:
-        await drop_database(server_dsn, name)
+        await drop_database(server_dsn, name, marker=DRILL_MARKER)
     except (OSError, asyncpg.PostgresError) as exc:  # the drill's cluster may be down already
         say(f"could not drop scratch database {name}: {exc!r}")
 

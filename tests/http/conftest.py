@@ -76,6 +76,8 @@ async def stack(services: RunningServices) -> AsyncIterator[WebStack]:
             LEADCYCLE_PARTITIONS="2",
             LEADCYCLE_REPS=",".join(reps),
             LEADCYCLE_HTTP_WRITE_KEYS=f"docs-site=other-{run},sample={write_key}",
+            # The sample site's server: tests/http/test_trust.py (server_key(stack)).
+            LEADCYCLE_HTTP_SERVER_KEYS=f"sample=sk-{run}",
             LEADCYCLE_HTTP_CORS_ORIGINS=page_origin,
             LEADCYCLE_HTTP_BATCH_MAX_EVENTS="20",
             LEADCYCLE_HTTP_MAX_BODY_BYTES="200000",

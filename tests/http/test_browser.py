@@ -17,6 +17,7 @@ from tests.http.browser import Browser
 from tests.http.conftest import HotLeads, WebStack
 from tests.http.records import read_topic
 from tests.integration.workerproc import ROOT, eventually
+from workers.web.auth import sign_email
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +97,12 @@ async def test_tracker_events_arrive_and_identify_scores_the_lead(
         cookie = await browser.evaluate("document.cookie")
         assert f"lc_aid={anon}" in cookie  # first-party cookie on the page's own origin
         await browser.click("#guide")
-        await browser.evaluate(f"leadcycle.identify({json.dumps(email)}, {{plan: 'pro'}})")
+        # The site's server signs the email of the visitor it knows (docs/http.md, "Trust
+        # model"); without the signature the identify could not link to the CRM lead.
+        signed = json.dumps(sign_email(f"sk-{stack.run}", email))
+        await browser.evaluate(
+            f"leadcycle.identify({json.dumps(email)}, {{plan: 'pro'}}, {signed})"
+        )
         await browser.goto("about:blank")  # pagehide: anything left goes by sendBeacon
 
         def arrived(rs: list[tuple[bytes | None, dict[str, object]]]) -> bool:
@@ -114,6 +120,15 @@ async def test_tracker_events_arrive_and_identify_scores_the_lead(
         assert by_type["identify"]["email"] == email
         assert by_type["page_view"]["context"]["ip"] == "127.0.0.1"
         assert "leadcycle-test" in by_type["page_view"]["context"]["user_agent"]
+        assert by_type["identify"]["collected"]["email_verified"] is True
+        for _, v in mine:
+            # The tracker said when it sent: the collector corrected for the device's clock.
+            stamp = v["collected"]
+            assert (stamp["site"], stamp["key"]) == ("sample", "browser")
+            assert stamp["sent_at"]
+            assert stamp["device_occurred_at"]
+            at = datetime.fromisoformat(str(v["occurred_at"]))
+            assert at <= datetime.fromisoformat(stamp["received_at"])
 
         # Only the page's own origin and the collector: no third-party requests.
         allowed = {urlsplit(sample_site).netloc, urlsplit(stack.base).netloc}

@@ -62,7 +62,13 @@ async def test_one_event_is_completed_keyed_and_published(
     assigned = result["event_id"]
     assert assigned.startswith("http-")
 
-    status, body = await track(http, stack, {"batch": [event(lead_id=lead, anonymous_id=None)]})
+    # Naming a lead takes the site's server key (docs/http.md, "Trust model").
+    status, body = await track(
+        http,
+        stack,
+        {"batch": [event(lead_id=lead, anonymous_id=None)]},
+        **{"X-Leadcycle-Key": f"sk-{stack.run}"},
+    )
     assert status == 202, body
     by_lead = body["results"][0]["event_id"]
 
@@ -77,7 +83,12 @@ async def test_one_event_is_completed_keyed_and_published(
     assert value["occurred_at"]  # the receive time was filled in
     # The server's view of the client replaces what the client claimed; the locale stays.
     assert value["context"] == {"ip": "127.0.0.1", "user_agent": UA, "locale": "ja-JP"}
+    assert value["collected"]["site"] == "sample"
+    assert value["collected"]["key"] == "browser"
     assert mine[by_lead][0] == lead.encode()
+    # A server key's request is the site's server, not the visitor: no context is invented.
+    assert mine[by_lead][1].get("context") is None
+    assert mine[by_lead][1]["collected"]["key"] == "server"
     for _, value in mine.values():
         assert not isinstance(decode("events", json.dumps(value).encode(), max_bytes=65536), tuple)
 
@@ -215,7 +226,12 @@ async def test_health_readiness_and_openapi(stack: WebStack, http: aiohttp.Clien
         assert r.status == 200
     async with http.get(f"{stack.base}/readyz") as r:
         assert r.status == 200
-        assert await r.json() == {"status": "ready", "broker": True, "database": True}
+        assert await r.json() == {
+            "status": "ready",
+            "broker": True,
+            "database": True,
+            "stalled_partitions": [],
+        }
     async with http.get(f"{stack.base}/openapi.json") as r:
         served = await r.json()
     assert served == json.loads(await asyncio.to_thread(DOC_PATH.read_text))

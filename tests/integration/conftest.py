@@ -12,7 +12,7 @@ from events.topics import TopicNames
 from infra import db
 from infra.kafka import ensure_contract_topics
 from infra.postgres import drop_database
-from tests.conftest import RunningServices
+from tests.conftest import TEST_MARKER, RunningServices
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Scenario:
 
 async def make_scenario(services: RunningServices, label: str) -> Scenario:
     name = f"lc_{label}_{uuid.uuid4().hex[:8]}"
-    dsn = await db.migrated_database(services.server_dsn, name)
+    dsn = await db.migrated_database(services.server_dsn, name, marker=TEST_MARKER)
     topics = TopicNames(f"{name}.")
     await ensure_contract_topics(services.kafka_url, topics, 4)
     return Scenario(replace(services, database_dsn=dsn), name, topics)
@@ -40,4 +40,4 @@ async def make_scenario(services: RunningServices, label: str) -> Scenario:
 async def scenario(services: RunningServices) -> AsyncIterator[Scenario]:
     made = await make_scenario(services, "s")
     yield made
-    await drop_database(services.server_dsn, made.name)
+    await drop_database(services.server_dsn, made.name, marker=TEST_MARKER)

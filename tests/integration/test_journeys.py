@@ -192,7 +192,7 @@ async def check_no_budget_lead(conn: asyncpg.Connection, sc: Scenario) -> None:
     )
     stitched = await conn.fetchval(
         "SELECT count(DISTINCT event_id) FROM score_ledger WHERE lead_id = 'LNB1'"
-        " AND event_id IN ('LNB1-1', 'LNB1-2', 'LNB1-3')"
+        " AND event_id IN ('events|LNB1-1', 'events|LNB1-2', 'events|LNB1-3')"
     )
     assert stitched == 3
 

@@ -197,7 +197,7 @@ async def test_replay_rescores_keeps_lifecycle_and_is_idempotent(
     extra = email_identify(target.lead_id, target.profile.email, target.created_at)
     await run_worker(scenario, extra)
     messages += extra
-    assigned = {"byemail-identify": target.lead_id}
+    assigned = {"events|byemail-identify": target.lead_id}  # by its id inside: source|id
     assert "byemail-identify" not in {s.lead_id for s in before_extra.values()}
 
     rules_path, rules_v2 = new_rules(tmp_path)

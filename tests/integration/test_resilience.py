@@ -22,7 +22,7 @@ from infra.broker import start_broker, stop_broker
 from infra.postgres import drop_database
 from infra.processes import free_port
 from scoring.rules import load_rules
-from tests.conftest import RunningServices
+from tests.conftest import TEST_MARKER, RunningServices
 from tests.integration.conftest import Scenario, make_scenario
 from tests.integration.kafkatools import produce_all
 from tests.integration.workerproc import WorkerProcess, eventually
@@ -169,7 +169,7 @@ async def test_broker_restart_between_halves(
     try:
         assert_matches_oracle(messages, await stored_states(sc.dsn))
     finally:
-        await drop_database(services.server_dsn, sc.name)
+        await drop_database(services.server_dsn, sc.name, marker=TEST_MARKER)
 
 
 async def _topics_exist(kafka_url: str, sc: Scenario) -> bool:

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from events import BehaviourTracked, OutcomeRecorded, ProfileUpdated, Rejection, decode
-from events.decode import describe
+from events.decode import describe, storable_float
 from events.tracking import BEHAVIOUR_TYPES
 
 T = "2026-11-02T09:30:00+09:00"
@@ -223,7 +223,6 @@ def test_decode_rejects_with_reason(topic: str, value: bytes, reason: str, menti
     ("value", "mentions"),
     [
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
-        (b'{"n": ' + b"9" * 5000 + b"}", "digits"),
     ],
 )
 def test_decode_rejects_what_json_loads_raises_on(value: bytes, mentions: str) -> None:
@@ -248,3 +247,125 @@ def test_error_description_lists_fields_and_caps_the_list() -> None:
     assert first == "event_id"
     assert text.startswith("event_id: Field required")
     assert text.endswith("more")
+
+
+# What PostgreSQL's jsonb would refuse (or Python would silently change) is refused at decode,
+# naming the field: a message that passed here and failed in the database would cost its batch.
+def with_props(extra: str) -> bytes:
+    """A valid page view whose properties end with ``extra`` (raw JSON text)."""
+    text = raw(behaviour(properties={"url": "https://example.com/p"}))
+    return text.replace(b'"https://example.com/p"', b'"https://example.com/p", ' + extra.encode())
+
+
+def profile_with(name: str, literal: str) -> bytes:
+    return raw(profile(**{name: 0})).replace(
+        f'"{name}": 0'.encode(), f'"{name}": {literal}'.encode()
+    )
+
+
+@pytest.mark.parametrize(
+    ("topic", "value", "field", "mentions"),
+    [
+        ("events", with_props('"n": 1e400'), "properties.n", "1e400 is not a finite number"),
+        ("events", with_props('"n": -1e400'), "properties.n", "-1e400 is not a finite number"),
+        ("events", with_props('"n": 1.5E+309'), "properties.n", "not a finite number"),
+        ("events", with_props('"n": NaN'), "properties.n", "NaN is not a finite number"),
+        ("events", with_props('"n": Infinity'), "properties.n", "Infinity"),
+        ("events", with_props('"n": -Infinity'), "properties.n", "-Infinity"),
+        ("events", with_props('"n": 1e-400'), "properties.n", "too small"),
+        ("events", with_props('"n": 0e-99999'), "properties.n", "exponent"),
+        ("events", with_props('"n": 0.1' + "0" * 100), "properties.n", "more than 64 characters"),
+        ("events", with_props('"n": ' + "9" * 400), "properties.n", "(400 characters)"),
+        ("events", with_props('"n": ' + "9" * 5000), "properties.n", "64 bits"),
+        ("events", with_props(f'"n": {2**63}'), "properties.n", "64 bits"),
+        ("events", with_props(f'"n": {-(2**63) - 1}'), "properties.n", "64 bits"),
+        ("events", with_props('"n": [1, 2, 1e999]'), "properties.n.2", "not a finite"),
+        ("profiles", profile_with("company_size", "1e400"), "company_size", "finite"),
+        ("profiles", profile_with("company_size", str(10**20)), "company_size", "64 bits"),
+        ("outcomes", raw(outcome()).replace(b'"rep-1"', b"1e400"), "rep", "finite"),
+        ("events", with_props('"n": "a\\ud800b"'), "properties.n", "surrogate \\ud800"),
+        ("events", with_props('"n": "\\uDFFF"'), "properties.n", "surrogate \\udfff"),
+        ("events", with_props('"\\udc00": 1'), "properties.\\udc00", "key"),
+        ("events", raw(behaviour(anonymous_id="a\ud800")), "anonymous_id", "surrogate"),
+        (
+            "events",
+            raw(behaviour(properties={"url": "https://x/\udbff"})),
+            "properties.url",
+            "surrogate",
+        ),
+        ("profiles", raw(profile(company_name="\ud800")), "company_name", "surrogate"),
+        ("outcomes", raw(outcome(rep="\udc00")), "rep", "surrogate"),
+        # The surrogate's bytes rather than its escape (what the collector re-encodes).
+        (
+            "events",
+            with_props('"n": "x\\udc80"').replace(b"\\udc80", b"\xed\xb2\x80"),
+            "properties.n",
+            "surrogate \\udc80",
+        ),
+    ],
+)
+def test_decode_refuses_what_the_database_would_refuse(
+    topic: str, value: bytes, field: str, mentions: str
+) -> None:
+    result = decode(topic, value, max_bytes=100_000)
+    assert isinstance(result, Rejection), result
+    assert result.reason == "schema"
+    assert result.field == field
+    assert result.error.startswith(f"{field}: ")
+    assert mentions in result.error
+    # The error itself must be storable text (it goes to dead_letters and the HTTP answer).
+    result.error.encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        '"n": 1e308',
+        '"n": -1.7976931348623157e308',
+        '"n": 5e-324',
+        '"n": 0.0',
+        '"n": -0',
+        '"n": 0e-5',
+        '"n": 1E+2',
+        f'"n": {2**63 - 1}',
+        f'"n": {-(2**63)}',
+        '"n": "\\ud83d\\ude00"',  # a surrogate pair is one character, U+1F600
+        '"n": "\\\\ud800"',  # an escaped backslash then "ud800": plain text
+        '"n": "\\u00e9t\\u00e9"',
+    ],
+)
+def test_decode_accepts_numbers_and_text_the_database_stores(extra: str) -> None:
+    assert isinstance(decode("events", with_props(extra), max_bytes=10_000), BehaviourTracked)
+
+
+def test_surrogate_bytes_outside_a_string_are_invalid_utf8() -> None:
+    result = decode("events", raw(behaviour()) + b" \xed\xa0\x80", max_bytes=1000)
+    assert isinstance(result, Rejection)
+    assert result.reason == "invalid_utf8"
+
+
+def test_decode_still_calls_other_bad_bytes_invalid_utf8() -> None:
+    result = decode("events", with_props('"n": "x"').replace(b'"x"', b'"\xc3\x28"'), max_bytes=1000)
+    assert isinstance(result, Rejection)
+    assert result.reason == "invalid_utf8"
+
+
+def test_deep_nesting_inside_properties_is_refused_naming_them() -> None:
+    result = decode("events", with_props('"n": ' + "[" * 500 + "]" * 500), max_bytes=10_000)
+    assert isinstance(result, Rejection)
+    assert result.reason == "schema"
+    assert result.field == "properties"
+
+
+def test_storable_float_makes_unstorable_literals_infinite() -> None:
+    assert storable_float("1.5") == 1.5
+    assert storable_float("0e5") == 0.0
+    for literal in ("1e400", "-1e400", "1e-400", "0e-99999", "0." + "0" * 70 + "1"):
+        assert storable_float(literal) in (float("inf"), float("-inf")), literal
+
+
+def test_a_huge_unknown_key_is_named_but_not_quoted_whole() -> None:
+    result = decode("events", raw(behaviour(**{"k" * 60_000: 1})), max_bytes=100_000)
+    assert isinstance(result, Rejection)
+    assert result.field == "k" * 64 + "...(60000 characters)"
+    assert len(result.error) < 200

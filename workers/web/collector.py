@@ -1,9 +1,13 @@
 """POST /v1/track: web-tracker events in, validated by the topic's own decoder, out to Kafka.
 
-Each item is completed (``event_id``, ``occurred_at``, client IP and user agent), serialised,
-and run through :func:`events.decode.decode` exactly as the worker will: what the collector
-accepts, the worker accepts. Rejected items are dead-lettered with ``source_topic="http"``,
-``partition=-1`` and ``offset`` = the item's index in the request.
+Each item is checked against what its key may send and completed (``event_id``,
+``occurred_at`` corrected for the device's clock, the visitor's IP and user agent, the
+``collected`` stamp: site, key kind, times; docs/http.md, "Trust model"), serialised, and run
+through :func:`events.decode.decode` exactly as the worker will: what the collector accepts,
+the worker accepts. Items whose visitor is a bot are published too and reported per item
+(``status: "bot"``); the worker logs them with disposition ``bot`` and scores nothing.
+Rejected items are dead-lettered with ``source_topic="http"``, ``partition=-1`` and
+``offset`` = the item's index in the request.
 
 A request with a known write key and an allowed origin spends a token of its client (the key's
 site and :func:`client_ip`) before its body is read; over ``LEADCYCLE_HTTP_RATE_LIMIT`` it is
@@ -13,17 +17,25 @@ refused with 429 and ``Retry-After`` (workers/web/ratelimit.py, docs/http.md).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
+from pydantic import TypeAdapter, ValidationError
 
 from events import DeadLetter, InputEvent, Rejection, decode
+from events.common import EventTime
+from events.decode import storable_float
 from events.tracking import BehaviourTracked
+from workers.bots import DEFAULT_BOT_PATTERN, BotFilter
 from workers.ingest import PAYLOAD_PREFIX_BYTES
+from workers.web import clients
+from workers.web.auth import KeyHolder, WriteKeys
 from workers.web.context import WebContext, context, problem
 from workers.web.producer import BrokerUnavailable
 from workers.web.ratelimit import retry_after
@@ -31,6 +43,11 @@ from workers.web.ratelimit import retry_after
 #: Longest user agent the Context model takes; longer headers are cut, not rejected.
 MAX_USER_AGENT = 1024
 Record = tuple[str, bytes | None, bytes]
+#: Request fields of an item: read and taken out by the collector, never on the topic.
+SIGNATURE_FIELD = "email_signature"
+SENT_AT_FIELD = "sent_at"
+MAX_SIGNATURE = 128
+_EVENT_TIME: TypeAdapter[datetime] = TypeAdapter(EventTime)
 
 
 class BadRequest(Exception):
@@ -63,7 +80,11 @@ def parse_items(body: bytes, max_events: int) -> list[Any]:
     if not body:
         raise BadRequest(400, "empty body")
     try:
-        doc = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+        # Out-of-range floats (1e-400 would silently read as 0.0) become infinity, which the
+        # item's decode refuses naming the field; 1e400 is infinity already.
+        doc = json.loads(
+            body.decode("utf-8"), parse_constant=_no_constants, parse_float=storable_float
+        )
     except (ValueError, RecursionError) as exc:  # also UnicodeDecodeError, int-digit limits
         raise BadRequest(400, f"malformed JSON: {str(exc)[:200]}") from exc
     if not isinstance(doc, dict):
@@ -79,32 +100,113 @@ def parse_items(body: bytes, max_events: int) -> list[Any]:
 
 
 def client_ip(request: web.Request) -> str | None:
-    """The client as the collector sees it: the TCP peer. ``X-Forwarded-For`` is not read (a
-    client could claim any address in it), so behind a proxy this is the proxy. Both
-    ``context.ip`` and the rate limit's client key come from here."""
-    return request.remote
+    """The client as the collector sees it (workers/web/clients.py: the TCP peer, or a trusted
+    proxy's forwarded address). Both ``context.ip`` and the rate limit's client key come from
+    here."""
+    return clients.client_ip(request)
 
 
-def complete(item: Any, request: web.Request, now: datetime) -> Any:
-    """Fill what the collector owns: a missing id or time, the client's IP and user agent."""
+@dataclass(frozen=True)
+class Intake:
+    """One request as the collector received it: whose key, when, and from which client."""
+
+    holder: KeyHolder
+    received_at: datetime
+    ip: str | None
+    user_agent: str | None
+
+    @classmethod
+    def of(cls, request: web.Request, holder: KeyHolder, now: datetime) -> Intake:
+        agent = request.headers.get("User-Agent")
+        return cls(holder, now, client_ip(request), agent[:MAX_USER_AGENT] if agent else None)
+
+
+def _refuse(field: str, message: str) -> Rejection:
+    return Rejection("schema", f"{field}: {message}", field)
+
+
+def _time(value: Any) -> datetime | None:
+    """``value`` as an event time, or None when it is not one."""
+    try:
+        return _EVENT_TIME.validate_python(value)
+    except ValidationError:
+        return None
+
+
+def complete(item: Any, intake: Intake, keys: WriteKeys) -> Any:
+    """The item as the topic will carry it, or the :class:`Rejection` of what the key's holder
+    may not send (docs/http.md, "Trust model").
+
+    Fills what the collector owns: a missing id or time, the client's IP and user agent (browser
+    keys: the request's client is the visitor), the ``collected`` stamp; corrects
+    ``occurred_at`` for the device's clock when the item says when it was sent; takes out the
+    request fields ``sent_at`` and ``email_signature``, which never reach the topic.
+    """
     if not isinstance(item, dict):
         return item  # the decoder rejects it, naming why
+    if "collected" in item:
+        # The collector's own stamp: a client claiming it would forge its trust.
+        return _refuse("collected", "is set by the collector only")
     doc = dict(item)
+    signature = doc.pop(SIGNATURE_FIELD, None)
+    sent = doc.pop(SENT_AT_FIELD, None)
+    browser = intake.holder.kind == "browser"
+    if browser and doc.get("lead_id") is not None:
+        return _refuse(
+            "lead_id",
+            "a browser write key cannot name a CRM lead (browser keys are public); send events"
+            " about known leads with a server key (LEADCYCLE_HTTP_SERVER_KEYS)",
+        )
+    now = intake.received_at
+    stamp: dict[str, Any] = {
+        "site": intake.holder.site,
+        "key": intake.holder.kind,
+        "received_at": now.isoformat(),
+    }
+    if sent is not None:
+        sent_at = _time(sent)
+        if sent_at is None:
+            return _refuse(
+                "sent_at", "must be an ISO 8601 time with a timezone (the device's send time)"
+            )
+        stamp["sent_at"] = sent_at.isoformat()
+        device = _time(doc.get("occurred_at"))
+        if device is not None:
+            # Snowplow's derived_tstamp / Segment's timestamp: the device's clock is trusted
+            # for the interval between creating and sending the event, not for the date.
+            # An event cannot have happened after it arrived.
+            corrected = min(now - (sent_at - device), now)
+            stamp["device_occurred_at"] = device.isoformat()
+            doc["occurred_at"] = corrected.isoformat()
+    if signature is not None:
+        email = doc.get("email")
+        if not isinstance(signature, str) or len(signature) > MAX_SIGNATURE:
+            return _refuse("email_signature", "must be a hex HMAC-SHA256 string")
+        if not isinstance(email, str):
+            return _refuse("email_signature", "signs the email: the item has none")
+        if not keys.email_signed(intake.holder.site, email, signature):
+            return _refuse(
+                "email_signature",
+                "does not match the email (hex HMAC-SHA256 of the lower-cased email keyed"
+                " with the site's server key)",
+            )
+        stamp["email_verified"] = True
     if doc.get("event_id") is None:
         doc["event_id"] = f"http-{uuid.uuid4().hex}"
     if doc.get("occurred_at") is None:
         doc["occurred_at"] = now.isoformat()
     ctx = doc.get("context")
-    if ctx is None or isinstance(ctx, dict):
-        # What the server saw wins over what the client claims.
+    if browser and (ctx is None or isinstance(ctx, dict)):
+        # The request's client is the visitor: what the server saw wins over what the client
+        # claims. A server key's request comes from the site's server, so its items keep the
+        # visitor's user agent and IP as forwarded; the sender's are not the visitor's.
         ctx = dict(ctx or {})
-        ip = client_ip(request)
-        if ip:
-            ctx["ip"] = ip
-        agent = request.headers.get("User-Agent")
-        if agent:
-            ctx["user_agent"] = agent[:MAX_USER_AGENT]
+        if intake.ip:
+            ctx["ip"] = intake.ip
+        if intake.user_agent:
+            ctx["user_agent"] = intake.user_agent
         doc["context"] = ctx
+    doc["collected"] = stamp
     return doc
 
 
@@ -134,28 +236,47 @@ def dead_letter(ctx: WebContext, index: int, raw: bytes, why: Rejection, now: da
     return ctx.settings.topics.dead_letters, b"http", letter.model_dump_json().encode()
 
 
-def triage(
-    ctx: WebContext, items: list[Any], request: web.Request, now: datetime
-) -> tuple[list[dict[str, Any]], list[Record], int]:
-    """Per-item results, the records to publish, and how many items were accepted."""
-    results: list[dict[str, Any]] = []
-    records: list[Record] = []
-    accepted = 0
+@functools.lru_cache(maxsize=4)
+def _bot_filter(pattern: str | None) -> BotFilter:
+    return BotFilter(pattern or DEFAULT_BOT_PATTERN)
+
+
+@dataclass
+class Triage:
+    """Per-item results and the records to publish."""
+
+    results: list[dict[str, Any]] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+    accepted: int = 0
+    bots: int = 0
+
+
+def triage(ctx: WebContext, items: list[Any], intake: Intake) -> Triage:
+    """Judge every item; bots are published too (the worker logs them, disposition ``bot``,
+    and scores nothing), so the event log counts every bot the collector saw."""
+    out = Triage()
+    bots = _bot_filter(ctx.settings.bot_pattern)
     for index, item in enumerate(items):
-        raw = serialise(complete(item, request, now))
+        doc = complete(item, intake, ctx.write_keys)
         found: InputEvent | Rejection
-        if isinstance(item, dict) and "collected" in item:
-            # The collector's own stamp: a client claiming it would forge its trust.
-            found = Rejection("schema", "collected: is set by the collector only", "collected")
+        if isinstance(doc, Rejection):
+            found, raw = doc, serialise(item)
         else:
+            raw = serialise(doc)
             found = decode("events", raw, max_bytes=ctx.settings.max_message_bytes)
         if isinstance(found, BehaviourTracked):
-            accepted += 1
-            results.append({"index": index, "status": "accepted", "event_id": found.event_id})
-            records.append((ctx.settings.topics.events, partition_key(found), raw))
+            out.records.append((ctx.settings.topics.events, partition_key(found), raw))
+            if bots.is_bot(found.context.user_agent if found.context else None):
+                out.bots += 1
+                out.results.append({"index": index, "status": "bot", "event_id": found.event_id})
+            else:
+                out.accepted += 1
+                out.results.append(
+                    {"index": index, "status": "accepted", "event_id": found.event_id}
+                )
         else:
             assert isinstance(found, Rejection)  # the events topic only yields BehaviourTracked
-            results.append(
+            out.results.append(
                 {
                     "index": index,
                     "status": "rejected",
@@ -164,8 +285,8 @@ def triage(
                     "error": found.error,
                 }
             )
-            records.append(dead_letter(ctx, index, raw, found, now))
-    return results, records, accepted
+            out.records.append(dead_letter(ctx, index, raw, found, intake.received_at))
+    return out
 
 
 def over_limit(ctx: WebContext, site: str, request: web.Request) -> web.Response | None:
@@ -186,11 +307,16 @@ def over_limit(ctx: WebContext, site: str, request: web.Request) -> web.Response
 
 async def track(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
-    if not ctx.write_keys.by_site:
-        return problem(401, "the collector has no write keys (set LEADCYCLE_HTTP_WRITE_KEYS)")
-    site = ctx.write_keys.site_for(request)
-    if site is None:
+    if not ctx.write_keys.configured:
+        return problem(
+            401,
+            "the collector has no write keys"
+            " (set LEADCYCLE_HTTP_WRITE_KEYS or LEADCYCLE_HTTP_SERVER_KEYS)",
+        )
+    holder = ctx.write_keys.holder(request)
+    if holder is None:
         return problem(401, "missing or unknown write key (X-Leadcycle-Key header or ?key=)")
+    site = holder.site
     origin = request.headers.get("Origin")
     if origin is not None and origin not in ctx.cors_origins:
         # Write keys are public; the origin list is what ties a key's use to the site's pages.
@@ -209,10 +335,9 @@ async def track(request: web.Request) -> web.StreamResponse:
         if exc.status == 413:
             response.force_close()  # the rest of the body is never read
         return response
-    now = ctx.now()
-    results, records, accepted = triage(ctx, items, request, now)
+    judged = triage(ctx, items, Intake.of(request, holder, ctx.now()))
     try:
-        await ctx.producer.send_all(records)
+        await ctx.producer.send_all(judged.records)
     except BrokerUnavailable:
         return problem(
             503,
@@ -220,5 +345,10 @@ async def track(request: web.Request) -> web.StreamResponse:
             "(an event_id is applied once, however often it arrives)",
             headers={"Retry-After": "5"},
         )
-    body = {"accepted": accepted, "rejected": len(items) - accepted, "results": results}
-    return web.json_response(body, status=202 if accepted else 422)
+    body = {
+        "accepted": judged.accepted,
+        "bots": judged.bots,
+        "rejected": len(items) - judged.accepted - judged.bots,
+        "results": judged.results,
+    }
+    return web.json_response(body, status=202 if judged.accepted or judged.bots else 422)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +33,8 @@ class WebContext:
     limiter: RateLimiter | None = None
     now: Callable[[], datetime] = field(default=_utcnow)
     clock: Callable[[], float] = field(default=time.monotonic)  # what the buckets count in
+    #: Input partitions with lag that stopped moving (workers/consumer.py); None = not tracked.
+    stalled: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
 
 
 CONTEXT = web.AppKey("leadcycle", WebContext)

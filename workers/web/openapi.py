@@ -18,6 +18,10 @@ from infra.calllist import CallListEntry
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 REF = "#/components/schemas/{model}"
+_KEYS = (
+    "a site's browser key (public, LEADCYCLE_HTTP_WRITE_KEYS) or server key (secret, "
+    "LEADCYCLE_HTTP_SERVER_KEYS); see docs/http.md, Trust model"
+)
 
 
 def _hoist(schema: dict[str, Any], into: dict[str, Any]) -> dict[str, Any]:
@@ -45,6 +49,14 @@ def _error(description: str, *, retry_after: str | None = None) -> dict[str, Any
     return response
 
 
+#: Every sales route: over LEADCYCLE_SALES_RATE_LIMIT, or locked after bad credentials.
+SALES_429 = _error(
+    "over LEADCYCLE_SALES_RATE_LIMIT for this client, or too many bad tokens or sign-ins "
+    "from it (LEADCYCLE_SALES_AUTH_FAILURES)",
+    retry_after="whole seconds until the client's next request is taken",
+)
+
+
 def _json(ref: str, description: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -62,9 +74,33 @@ def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
     }
 
 
+def _track_fields(schema: dict[str, Any]) -> None:
+    """A collector item: the event, without the collector's own stamp, with the request fields
+    the collector reads and takes out (docs/http.md, "Trust model" and "Device clocks")."""
+    props = schema["properties"]
+    props.pop("collected", None)  # set by the collector; an item carrying it is rejected
+    props["lead_id"]["description"] = (
+        "server keys only: an item naming a lead with a browser key is rejected"
+    )
+    props["sent_at"] = {
+        "type": "string",
+        "format": "date-time",
+        "description": "the device's clock when it sent the request; with it, occurred_at "
+        "(the device's creation time) is corrected: received_at - (sent_at - occurred_at)",
+    }
+    props["email_signature"] = {
+        "type": "string",
+        "maxLength": 128,
+        "description": "hex HMAC-SHA256 of the lower-cased email keyed with the site's server "
+        "key: lets a browser identify link to a known lead and a browser unsubscribe apply",
+    }
+
+
 def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     _optional(BehaviourTracked, "TrackEvent", schemas, "event_id", "occurred_at")
+    _track_fields(schemas["TrackEvent"])
+    schemas.pop("Collected", None)  # only the topic's messages carry it
     _optional(OutcomeRecorded, "OutcomeIn", schemas, "event_id", "occurred_at")
     entry = TypeAdapter(CallListEntry).json_schema(ref_template=REF, mode="serialization")
     schemas["CallListEntry"] = _hoist(entry, schemas)
@@ -89,7 +125,8 @@ def _schemas() -> dict[str, Any]:
         "type": "object",
         "properties": {
             "index": {"type": "integer"},
-            "status": {"enum": ["accepted", "rejected"]},
+            # bot: published and logged (disposition bot), never scored
+            "status": {"enum": ["accepted", "bot", "rejected"]},
             "event_id": {"type": "string"},
             "reason": {"type": "string"},
             "field": {"type": ["string", "null"]},
@@ -101,10 +138,11 @@ def _schemas() -> dict[str, Any]:
         "type": "object",
         "properties": {
             "accepted": {"type": "integer"},
+            "bots": {"type": "integer"},
             "rejected": {"type": "integer"},
             "results": {"type": "array", "items": {"$ref": REF.format(model="ItemResult")}},
         },
-        "required": ["accepted", "rejected", "results"],
+        "required": ["accepted", "bots", "rejected", "results"],
     }
     return schemas
 
@@ -132,9 +170,11 @@ def _paths() -> dict[str, Any]:
                     },
                 },
                 "responses": {
-                    "202": _json("TrackResult", "handed to Kafka; per-item results"),
+                    "202": _json(
+                        "TrackResult", "handed to Kafka (scored or, as bots, logged); per item"
+                    ),
                     "400": _error("malformed JSON or not an event / batch"),
-                    "401": _error("missing or unknown write key"),
+                    "401": _error("missing or unknown write key (browser or server)"),
                     "403": _error("Origin not allowed"),
                     "413": _error("body or batch over the limit"),
                     "422": _json("TrackResult", "every item rejected (all dead-lettered)"),
@@ -173,7 +213,8 @@ def _paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": {
-                        "description": "the call list",
+                        "description": "the call list (CSV: a download, "
+                        "Content-Disposition: attachment)",
                         "content": {
                             "application/json": {
                                 "schema": {
@@ -184,9 +225,10 @@ def _paths() -> dict[str, Any]:
                             "text/csv": {"schema": {"type": "string"}},
                         },
                     },
-                    "400": _error("bad date, limit or format"),
+                    "400": _error("bad rep, date, limit or format, or a header that is not UTF-8"),
                     "401": _error("missing or unknown bearer token"),
                     "403": _error("a rep token asked for another rep"),
+                    "429": SALES_429,
                     "503": _error("the database is not connected yet"),
                 },
             }
@@ -208,6 +250,7 @@ def _paths() -> dict[str, Any]:
                     "403": _error("a rep token: another rep, or a lead not on the rep's list"),
                     "413": _error("body over LEADCYCLE_MAX_MESSAGE_BYTES"),
                     "422": _error("not a valid outcome (the error names the field)"),
+                    "429": SALES_429,
                     "503": _error("the broker did not acknowledge: retry"),
                 },
             }
@@ -218,24 +261,44 @@ def _paths() -> dict[str, Any]:
                 "parameters": [_query("rep", "a rep id")],
                 "responses": {
                     "200": {"description": "the page", "content": {"text/html": {}}},
+                    "400": _error("rep is not a rep id"),
                     "401": {"description": "sign-in form", "content": {"text/html": {}}},
                     "403": _error("a rep token asked for another rep"),
+                    "429": SALES_429,
                 },
             }
         },
         "/call-list/login": {
             "post": {
-                "summary": "Sign in to the page: sets an HttpOnly cookie holding the token",
+                "summary": "Sign in to the page: sets a signed session cookie (not the token)",
                 "responses": {
                     "303": {"description": "to the page"},
+                    "400": _error("not a readable form"),
                     "401": {"description": "unknown token"},
+                    "403": _error("Origin is not this server's (or LEADCYCLE_SALES_ORIGINS)"),
+                    "429": SALES_429,
                 },
             }
         },
         "/call-list/outcome": {
             "post": {
                 "summary": "An outcome button on the page (form post, then back to the page)",
-                "responses": {"303": {"description": "recorded; back to the page"}},
+                "responses": {
+                    "303": {"description": "recorded; back to the page"},
+                    "400": _error("not a readable form"),
+                    "401": _error("no or no valid session"),
+                    "403": _error("Origin is not this server's, or not this rep's lead"),
+                    "429": SALES_429,
+                },
+            }
+        },
+        "/call-list/logout": {
+            "post": {
+                "summary": "Sign out of the page: the session cookie is cleared",
+                "responses": {
+                    "303": {"description": "back to the sign-in form"},
+                    "403": _error("Origin is not this server's (or LEADCYCLE_SALES_ORIGINS)"),
+                },
             }
         },
         "/healthz": {
@@ -268,8 +331,18 @@ def build_openapi() -> dict[str, Any]:
         "components": {
             "schemas": _schemas(),
             "securitySchemes": {
-                "writeKeyHeader": {"type": "apiKey", "in": "header", "name": "X-Leadcycle-Key"},
-                "writeKeyQuery": {"type": "apiKey", "in": "query", "name": "key"},
+                "writeKeyHeader": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Leadcycle-Key",
+                    "description": _KEYS,
+                },
+                "writeKeyQuery": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "key",
+                    "description": _KEYS,
+                },
                 "salesToken": {"type": "http", "scheme": "bearer"},
             },
         },

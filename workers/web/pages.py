@@ -1,8 +1,10 @@
 """GET /call-list: the page a rep keeps open. Server-rendered HTML, no script, no build step.
 
-A browser cannot send a bearer header on a plain navigation, so the page also accepts the
-token from an HttpOnly, SameSite=Strict cookie set by a small login form. Outcome buttons are
-plain form posts (POST, then redirect back), guarded by that cookie and an Origin check.
+A browser cannot send a bearer header on a plain navigation, so the page also accepts a
+session cookie (HttpOnly, SameSite=Strict, signed with the token, never the token itself:
+workers/web/auth.py) set by a small sign-in form. Outcome buttons are plain form posts (POST,
+then redirect back), guarded by that cookie and an Origin check; so are sign-in and sign-out.
+The pages' Content-Security-Policy allows their one stylesheet by hash and no script at all.
 """
 
 from __future__ import annotations
@@ -14,11 +16,20 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from infra.calllist import CallListEntry
-from workers.web.auth import SALES_COOKIE, Principal
+from workers.web.auth import SALES_COOKIE, SESSION_SECONDS, Principal
 from workers.web.context import context
-from workers.web.sales import Refused, fetch_list, principal, record_outcome, rep_in_scope
+from workers.web.sales import (
+    Refused,
+    fetch_list,
+    principal,
+    record_outcome,
+    rep_in_scope,
+    rep_param,
+)
+from workers.web.security import page_csp, same_origin, security
 
 #: Outcome buttons on each row; reasons, BANT and revisit dates go through POST /v1/outcomes.
 BUTTONS = (
@@ -37,7 +48,10 @@ h1{font-size:1.3rem} .note{background:#eef7ee;padding:.4rem .8rem}
 li{border-bottom:1px solid #ddd;padding:.6rem 0} .due{font-weight:600}
 .late{color:#b00} .meta{color:#555} .bant{color:#8a4b00}
 form{display:inline} button{margin:.3rem .3rem 0 0;padding:.25rem .6rem}
+.out{float:right}
 """
+#: The pages' policy: STYLE by hash, no script, forms to this origin, never framed.
+CSP = page_csp(STYLE)
 
 
 def _page(title: str, body: str, *, refresh: bool = False) -> str:
@@ -51,7 +65,13 @@ def _page(title: str, body: str, *, refresh: bool = False) -> str:
 
 
 def _html(text: str, status: int = 200) -> web.Response:
-    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+    return web.Response(
+        text=text,
+        status=status,
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Content-Security-Policy": CSP},
+    )
 
 
 def _entry(e: CallListEntry, tz: ZoneInfo, rep: str | None) -> str:
@@ -98,9 +118,27 @@ def _principal_or_none(request: web.Request) -> Principal | None:
         return None
 
 
+async def _form(request: web.Request) -> dict[str, str]:
+    """The posted form's text fields; a body that is not a readable form is a 400."""
+    try:
+        form = await request.post()
+    except web.HTTPException:
+        raise  # 413 from client_max_size
+    except (ValueError, AssertionError, LookupError, HttpProcessingError) as exc:
+        # What aiohttp's form readers raise on broken multipart parts and boundaries, bytes
+        # that are not the declared charset, and unknown charsets.
+        raise Refused(400, f"malformed form body: {type(exc).__name__}") from None
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _cross_site(request: web.Request) -> None:
+    if not same_origin(request):
+        raise Refused(403, "cross-site form post refused (Origin is not this server's)")
+
+
 async def call_list_page(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
-    asked = request.query.get("rep")
+    asked = rep_param(request)
     who = _principal_or_none(request)
     if who is None:
         return _html(_login(asked or ""), status=401)
@@ -108,12 +146,16 @@ async def call_list_page(request: web.Request) -> web.StreamResponse:
     entries = await fetch_list(ctx, rep=rep)
     tz = ZoneInfo(ctx.timezone)
     done = request.query.get("recorded")
-    note = f'<p class="note">Recorded {escape(done)}.</p>' if done else ""
+    note = f'<p class="note">Recorded {escape(done[:300])}.</p>' if done else ""
+    out = (
+        "<form class='out' method='post' action='/call-list/logout'>"
+        "<button>Sign out</button></form>"
+    )
     rows = "".join(_entry(e, tz, rep) for e in entries) or "<p>No open follow-ups.</p>"
     now = datetime.now(tz).strftime("%Y-%m-%d %H:%M")
     title = f"Call list: {rep or 'all reps'}"
     body = (
-        f"<h1>{escape(title)}</h1><p class='meta'>{len(entries)} open · as of {now} "
+        f"{out}<h1>{escape(title)}</h1><p class='meta'>{len(entries)} open · as of {now} "
         f"({escape(ctx.timezone)}) · due time, then priority</p>{note}<ol>{rows}</ol>"
     )
     return _html(_page(title, body, refresh=True))
@@ -121,31 +163,47 @@ async def call_list_page(request: web.Request) -> web.StreamResponse:
 
 async def login(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
-    form = await request.post()
+    _cross_site(request)
+    form = await _form(request)
     rep = str(form.get("rep", ""))
     who = ctx.sales.principal(str(form.get("token", "")))
     if who is None:
+        security(request).charge_failure(request)
         return _html(_login(rep, "Unknown token."), status=401)
     target = "/call-list" + (f"?{urlencode({'rep': rep})}" if rep else "")
     response = web.Response(status=303, headers={"Location": target})
+    expires = int(ctx.now().timestamp()) + SESSION_SECONDS
     response.set_cookie(
         SALES_COOKIE,
-        str(form["token"]),
+        ctx.sales.session(who, expires=expires),
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
-        max_age=12 * 3600,
+        secure=security(request).cookie_is_secure(request),
+        max_age=SESSION_SECONDS,
+        path="/",
+    )
+    return response
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    """Forget the session in this browser (the cookie is signed, not stored: see auth.py)."""
+    _cross_site(request)
+    response = web.Response(status=303, headers={"Location": "/call-list"})
+    response.del_cookie(
+        SALES_COOKIE,
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=security(request).cookie_is_secure(request),
     )
     return response
 
 
 async def outcome_form(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
-    origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
-        raise Refused(403, "cross-site form post refused")
+    _cross_site(request)
     who = principal(request, cookie=True)
-    form = await request.post()
+    form = await _form(request)
     rep = str(form.get("rep", "")) or None
     doc = {
         "type": "sales_outcome",

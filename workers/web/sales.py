@@ -8,6 +8,7 @@ published to the outcomes topic, so the worker handles them on the same path as 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import date
 from typing import Any
@@ -17,12 +18,17 @@ from aiohttp import web
 from events import OutcomeRecorded, Rejection, decode
 from infra.calllist import CallListEntry, open_followups
 from workers.render import call_list_csv, call_list_json
-from workers.web.auth import Principal
+from workers.web.auth import Malformed, Principal
 from workers.web.collector import BadRequest, read_limited, serialise
 from workers.web.context import WebContext, context
 from workers.web.producer import BrokerUnavailable
+from workers.web.security import security
 
 MAX_LIMIT = 10_000
+#: What a rep id may look like in a query (the contract's RepId): anything else is a 400, not
+#: a database error (``?rep=%00``) or a row nobody can have.
+_REP = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
+_DIGITS = re.compile(r"[0-9]{1,6}")
 
 
 class Refused(web.HTTPException):
@@ -43,12 +49,29 @@ def principal(request: web.Request, *, cookie: bool = False) -> Principal:
             "sales endpoints have no tokens "
             "(set LEADCYCLE_SALES_REP_TOKENS and/or LEADCYCLE_SALES_ADMIN_TOKEN)",
         )
-    found = ctx.sales.from_request(request, cookie=cookie)
+    guard = security(request)
+    try:
+        found = ctx.sales.from_request(request, cookie=cookie, now=int(ctx.now().timestamp()))
+    except Malformed as exc:
+        guard.charge_failure(request)
+        raise Refused(400, str(exc)) from None
     if found is None:
+        if ctx.sales.presented(request, cookie=cookie):
+            guard.charge_failure(request)  # a guess, or a stale cookie: both count
         raise Refused(
             401, "missing or unknown bearer token", headers={"WWW-Authenticate": "Bearer"}
         )
     return found
+
+
+def rep_param(request: web.Request) -> str | None:
+    """``?rep=``, checked: absent is None; not a rep id is 400."""
+    rep = request.query.get("rep")
+    if rep is None or rep == "":
+        return None
+    if not _REP.fullmatch(rep):
+        raise Refused(400, "rep must be a rep id (letters, digits and . _ : @ -, at most 64)")
+    return rep
 
 
 def rep_in_scope(who: Principal, asked: str | None) -> str | None:
@@ -63,17 +86,20 @@ def _day(text: str | None) -> date | None:
     if text is None:
         return None
     try:
-        if len(text) != 10:  # fromisoformat also takes 20261102; the API promises one form
+        if len(text) != 10 or not text.isascii():  # the API promises one form: YYYY-MM-DD
             raise ValueError(text)
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise Refused(400, "date must be YYYY-MM-DD") from None
+    if day >= date.max:  # "due by the end of the day" needs the next one
+        raise Refused(400, "date must be before 9999-12-31")
+    return day
 
 
 def _limit(text: str | None) -> int | None:
     if text is None:
         return None
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+    if not _DIGITS.fullmatch(text) or not 1 <= int(text) <= MAX_LIMIT:
         raise Refused(400, f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(text)
 
@@ -100,12 +126,19 @@ def _wants_csv(request: web.Request) -> bool:
 async def call_lists(request: web.Request) -> web.StreamResponse:
     """GET /v1/call-lists?rep=R&date=D[&limit=N][&format=csv]"""
     ctx = context(request)
-    rep = rep_in_scope(principal(request), request.query.get("rep"))
-    entries = await fetch_list(
-        ctx, rep=rep, day=_day(request.query.get("date")), limit=_limit(request.query.get("limit"))
-    )
+    rep = rep_in_scope(principal(request), rep_param(request))
+    day = _day(request.query.get("date"))
+    entries = await fetch_list(ctx, rep=rep, day=day, limit=_limit(request.query.get("limit")))
     if _wants_csv(request):
-        return web.Response(text=call_list_csv(entries), content_type="text/csv", charset="utf-8")
+        # A download, never shown inline: the browser saves it under a name of ours.
+        who = re.sub(r"[^A-Za-z0-9._-]", "_", rep or "all")
+        name = f"call-list-{who}-{(day or ctx.now().date()).isoformat()}.csv"
+        return web.Response(
+            text=call_list_csv(entries),
+            content_type="text/csv",
+            charset="utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
     return web.Response(text=call_list_json(entries), content_type="application/json")
 
 

@@ -22,10 +22,12 @@ from infra.settings import Settings
 from scoring.rules import load_rules
 from workers.web import collector, pages, sales
 from workers.web.auth import SalesTokens, WriteKeys, parse_pairs
+from workers.web.clients import rate_key
 from workers.web.context import CONTEXT, WebContext, context
 from workers.web.openapi import build_openapi
 from workers.web.producer import EdgeProducer
 from workers.web.ratelimit import RateLimiter
+from workers.web.security import SECURITY, Security, install, protect
 
 log = logging.getLogger("leadcycle.web")
 
@@ -78,12 +80,24 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 async def readyz(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
-    broker, database = await asyncio.gather(ctx.producer.reachable(), _database_ok(ctx))
-    ready = broker and database
+    broker, database, stalled = await asyncio.gather(
+        ctx.producer.reachable(), _database_ok(ctx), _stalled_partitions(ctx)
+    )
+    ready = broker and database and not stalled
     return web.json_response(
-        {"status": "ready" if ready else "not ready", "broker": broker, "database": database},
+        {
+            "status": "ready" if ready else "not ready",
+            "broker": broker,
+            "database": database,
+            # input partitions with lag that made no progress for LEADCYCLE_STALL_SECONDS
+            "stalled_partitions": stalled,
+        },
         status=200 if ready else 503,
     )
+
+
+async def _stalled_partitions(ctx: WebContext) -> list[dict[str, Any]]:
+    return [] if ctx.stalled is None else await ctx.stalled()
 
 
 async def _database_ok(ctx: WebContext) -> bool:
@@ -121,8 +135,12 @@ def _tracker_handler() -> Handler:
 
 
 def build_app(ctx: WebContext) -> web.Application:
-    app = web.Application(middlewares=[cors], client_max_size=ctx.settings.http_max_body_bytes)
+    # protect first (outermost): its headers and limits cover what cors answers by itself too.
+    app = web.Application(
+        middlewares=[protect, cors], client_max_size=ctx.settings.http_max_body_bytes
+    )
     app[CONTEXT] = ctx
+    install(app, Security.from_settings(ctx.settings))
     app.router.add_post("/v1/track", collector.track)
     app.router.add_route("OPTIONS", "/v1/track", preflight)
     app.router.add_get("/v1/tracker.js", _tracker_handler())
@@ -131,6 +149,7 @@ def build_app(ctx: WebContext) -> web.Application:
     app.router.add_get("/call-list", pages.call_list_page)
     app.router.add_post("/call-list/login", pages.login)
     app.router.add_post("/call-list/outcome", pages.outcome_form)
+    app.router.add_post("/call-list/logout", pages.logout)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", _openapi_handler())
@@ -142,7 +161,7 @@ def web_context(settings: Settings, endpoints: Endpoints, pool: Callable[[], Any
     return WebContext(
         settings=settings,
         producer=EdgeProducer(endpoints.kafka_url, timeout=settings.http_publish_timeout),
-        write_keys=WriteKeys(parse_pairs("LEADCYCLE_HTTP_WRITE_KEYS", settings.http_write_keys)),
+        write_keys=WriteKeys.from_settings(settings),
         sales=SalesTokens(
             by_rep=parse_pairs("LEADCYCLE_SALES_REP_TOKENS", settings.sales_rep_tokens),
             admin=(
@@ -157,11 +176,18 @@ def web_context(settings: Settings, endpoints: Endpoints, pool: Callable[[], Any
             o.strip().rstrip("/") for o in settings.http_cors_origins.split(",") if o.strip()
         ),
         limiter=(
-            RateLimiter(settings.http_rate_limit, settings.http_rate_burst)
+            RateLimiter(settings.http_rate_limit, settings.http_rate_burst, group=_site_client)
             if settings.http_rate_limit > 0
             else None
         ),
     )
+
+
+def _site_client(key: Any) -> Any:
+    """The collector counts (site, IP) with an IPv6 address as its /64 (clients.py)."""
+    if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], str):
+        return (key[0], rate_key(key[1]))
+    return key
 
 
 class WebServer(Service):
@@ -171,16 +197,29 @@ class WebServer(Service):
         super().__init__(**kw)
         self.ctx = ctx
         self._runner: web.AppRunner | None = None
+        self._guard: asyncio.Task[None] | None = None
 
     async def on_start(self) -> None:
         await self.ctx.producer.start()
-        self._runner = web.AppRunner(build_app(self.ctx), access_log=None)
-        await self._runner.setup()
         settings = self.ctx.settings
-        await web.TCPSite(self._runner, settings.web_bind, settings.web_port).start()
+        app = build_app(self.ctx)
+        # aiohttp's own timers, set to the read timeout: an idle connection (or one trickling
+        # a request's head) is closed by keepalive_timeout, the unread rest of a refused
+        # request's body is drained for at most lingering_time. The guard adds what they miss.
+        runner = self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            keepalive_timeout=settings.http_read_timeout,
+            lingering_time=settings.http_read_timeout,
+        )
+        await runner.setup()
+        await web.TCPSite(runner, settings.web_bind, settings.web_port).start()
+        self._guard = asyncio.create_task(app[SECURITY].guard.run(lambda: runner.server))
         log.info("HTTP on %s:%d", settings.web_bind, settings.web_port)
 
     async def on_stop(self) -> None:
+        if self._guard is not None:
+            self._guard.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.ctx.producer.stop()

@@ -4,8 +4,14 @@
  *
  * Sends page_view on load; content_download for clicks on links with data-leadcycle-download
  * (the attribute's value is the content id); form_submit for forms with data-leadcycle-form.
- * API: leadcycle.identify(email, traits), leadcycle.track(type, properties).
+ * API: leadcycle.identify(email, traits, signature), leadcycle.track(type, properties),
+ * leadcycle.unsubscribe(email, signature). `signature` is what the site's server computed for
+ * the email (hex HMAC-SHA256 of the lower-cased email keyed with the site's server key,
+ * docs/http.md "Trust model"); without it an identify cannot link the visitor to a known lead
+ * and an unsubscribe changes no lead.
  * Events are batched and flushed every 2 s, at 10 events, and with sendBeacon on page hide.
+ * Each event keeps its creation time (occurred_at) and gets the send time (sent_at) when it
+ * leaves: the collector corrects both for this device's clock.
  */
 (function () {
   "use strict";
@@ -79,7 +85,14 @@
     if (timer) { clearTimeout(timer); timer = null; }
     if (!queue.length) return;
     // text/plain is a CORS-safelisted type: no preflight, and sendBeacon may carry it.
-    var body = JSON.stringify({ batch: queue.splice(0, queue.length) });
+    // The device's clock at sending: the collector keeps only the interval sent_at -
+    // occurred_at, so a wrong clock does not move the events (docs/http.md, "Device clocks").
+    var sentAt = new Date().toISOString();
+    var batch = queue.splice(0, queue.length).map(function (ev) {
+      ev.sent_at = sentAt;
+      return ev;
+    });
+    var body = JSON.stringify({ batch: batch });
     if (leaving && navigator.sendBeacon) {
       if (navigator.sendBeacon(endpoint.href, new Blob([body], { type: "text/plain" }))) return;
     }
@@ -115,9 +128,18 @@
     version: "1",
     anonymousId: function () { return anon; },
     track: function (type, properties) { enqueue(type, properties); },
-    identify: function (email, traits) {
-      enqueue("identify", traits, { email: cut(email, 254) });
+    identify: function (email, traits, signature) {
+      var extra = { email: cut(email, 254) };
+      if (signature) extra.email_signature = cut(signature, 128);
+      enqueue("identify", traits, extra);
       flush(false); // identification should not wait for the batch timer
+    },
+    unsubscribe: function (email, signature) {
+      // Changes a lead only with the signature a signed unsubscribe link carries.
+      var extra = { email: cut(email, 254) };
+      if (signature) extra.email_signature = cut(signature, 128);
+      enqueue("unsubscribe", {}, extra);
+      flush(false);
     },
     flush: function () { flush(false); }
   };
