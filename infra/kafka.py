@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError, for_code
 
 from events.topics import TopicNames
 
@@ -38,6 +38,39 @@ async def ensure_topics(
 
 async def ensure_contract_topics(bootstrap: str, topics: TopicNames, partitions: int) -> list[str]:
     return await ensure_topics(bootstrap, topics.all(), partitions=partitions)
+
+
+def admin_client(bootstrap: str) -> AIOKafkaAdminClient:
+    """A long-lived admin client (it reconnects by itself when the broker comes back)."""
+    return AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5_000)
+
+
+async def create_topics(
+    admin: AIOKafkaAdminClient, names: Iterable[str], *, partitions: int, replication: int = 1
+) -> None:
+    """Create topics; one that exists already (another worker won the race) is left as it is."""
+    wanted = list(names)
+    if not wanted:
+        return
+    try:
+        response = await admin.create_topics(
+            [NewTopic(n, num_partitions=partitions, replication_factor=replication) for n in wanted]
+        )
+    except TopicAlreadyExistsError:
+        return
+    for name, code, *_ in response.topic_errors:
+        if code not in (0, TopicAlreadyExistsError.errno):
+            raise for_code(code)(f"creating topic {name}")
+
+
+async def delete_topics(admin: AIOKafkaAdminClient, names: Iterable[str]) -> None:
+    wanted = list(names)
+    if not wanted:
+        return
+    response = await admin.delete_topics(wanted)
+    for name, code in response.topic_error_codes:
+        if code not in (0, UnknownTopicOrPartitionError.errno):
+            raise for_code(code)(f"deleting topic {name}")
 
 
 def producer(bootstrap: str) -> AIOKafkaProducer:
