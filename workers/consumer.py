@@ -440,10 +440,10 @@ class InputConsumer(Service):
             now = _membership(consumer)
             if now != joined or joined[0] < 0:
                 log.warning(
-                    "group membership changed since the batch was read (generation %d -> %d): "
-                    "its offsets are not committed (a broker restart or a rebalance; the "
-                    "records are delivered again and deduplicated)",
-                    joined[0], now[0],
+                    "batch read under group generation %d, member %r; now %d, %r: its offsets "
+                    "are not committed (a broker restart or a rebalance; the records are "
+                    "delivered again and deduplicated)",
+                    joined[0], joined[1], now[0], now[1],
                 )
                 return
             if coordinator.coordinator_id is None or assignment is None:
