@@ -62,7 +62,7 @@ class BrokerTopics:
       then the marker is created.
 
     On a durable Kafka cluster the marker never disappears, so this is one metadata request
-    per check and nothing more.
+    (for the marker alone, auto-creation off) per check and nothing more.
     """
 
     def __init__(self, kafka_url: str, topics: TopicNames, partitions: int, app_id: str) -> None:
@@ -89,7 +89,7 @@ class BrokerTopics:
     async def current(self) -> bool:
         """Whether the broker still has the marker this process saw (or created)."""
         assert self.admin is not None
-        return self.seen and self.marker in set(await self.admin.list_topics())
+        return self.seen and self.marker in await kafka.present(self.admin, [self.marker])
 
     async def ensure(self) -> list[str]:
         """Create what is missing; after a broker restart, recreate the output topics clean.
