@@ -255,13 +255,14 @@ class Lifecycle:
 
 
 async def processing_times(dsn: str) -> dict[str, datetime]:
-    """event id -> the time of the transaction that logged (and applied) it."""
+    """qualified event id (``<source>|<event id>``, as the core knows events) -> the time of
+    the transaction that logged (and applied) it."""
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT event_id, received_at FROM event_log")
+        rows = await conn.fetch("SELECT qualified_id, received_at FROM event_log")
     finally:
         await conn.close()
-    return {r["event_id"]: r["received_at"] for r in rows}
+    return {r["qualified_id"]: r["received_at"] for r in rows}
 
 
 def expected_lifecycle(
