@@ -12,6 +12,7 @@ from typing import Any
 import faust
 from mode import Service
 
+from events.topics import TopicNames
 from infra import db, kafka, store
 from infra.services import Endpoints
 from infra.settings import Settings
@@ -37,17 +38,109 @@ def faust_broker_url(kafka_url: str) -> str:
     return "kafka://" + ";".join(hosts)
 
 
-class FaustPublisher:
-    """Publishes output records with the app's producer and waits for every acknowledgement."""
+class BrokerRestarted(Exception):
+    """The broker lost its topics (a memory broker restarted) while output was being published."""
 
-    def __init__(self, app: faust.App) -> None:
+
+class BrokerTopics:
+    """The worker's topics, and whether the broker is still the one that created them.
+
+    A memory broker (tansu) that restarts comes back without topics, and it *accepts* records
+    produced to a topic it does not have (a producer with cached metadata, or one retrying a
+    send across the restart) without creating that topic properly. A topic created over such
+    records is corrupt: later acknowledged records are lost or refused (offsets reused,
+    ``UnknownError``). Deleting the topic once it exists and creating it again gives a clean
+    one. So each incarnation of the broker gets a marker topic that only this class creates
+    and no client ever asks about (tansu auto-creates topics that clients ask about):
+
+    - marker present: the broker is the one our topics were created on; missing topics (first
+      start) are created;
+    - marker gone: the broker restarted. Input topics are created if missing (producers and
+      consumers may already use them: never deleted); output topics are created, deleted and
+      created again, which drops whatever reached them since the restart -- only this worker
+      writes them, and every such record is still in the outbox (see ``FaustPublisher``);
+      then the marker is created.
+
+    On a durable Kafka cluster the marker never disappears, so this is one metadata request
+    (for the marker alone, auto-creation off) per check and nothing more.
+    """
+
+    def __init__(self, kafka_url: str, topics: TopicNames, partitions: int, app_id: str) -> None:
+        self.kafka_url = kafka_url
+        self.topics = topics
+        self.partitions = partitions
+        self.marker = f"{topics.prefix}{app_id}.broker-incarnation"
+        self.outputs = [n for n in topics.all() if n not in set(topics.inputs())]
+        #: Held while publishing and while restoring: no output is produced mid-restore.
+        self.lock = asyncio.Lock()
+        self.admin: Any = None
+        #: Whether this process has seen the marker: only then does its absence mean a restart
+        #: (a first start, or an upgrade from a version without it, creates it and purges nothing).
+        self.seen = False
+
+    async def start(self) -> None:
+        self.admin = kafka.admin_client(self.kafka_url)
+        await self.admin.start()
+
+    async def close(self) -> None:
+        if self.admin is not None:
+            await self.admin.close()
+
+    async def current(self) -> bool:
+        """Whether the broker still has the marker this process saw (or created)."""
+        assert self.admin is not None
+        return self.seen and self.marker in await kafka.present(self.admin, [self.marker])
+
+    async def ensure(self) -> list[str]:
+        """Create what is missing; after a broker restart, recreate the output topics clean.
+
+        Call with ``lock`` held. Returns the topics created.
+        """
+        assert self.admin is not None
+        existing = set(await self.admin.list_topics())
+        missing = [n for n in self.topics.all() if n not in existing]
+        if self.marker in existing or not self.seen:
+            await kafka.create_topics(self.admin, missing, partitions=self.partitions)
+            if self.marker not in existing:
+                await kafka.create_topics(self.admin, [self.marker], partitions=1)
+            self.seen = True
+            return missing
+        inputs = [n for n in self.topics.inputs() if n not in existing]
+        await kafka.create_topics(self.admin, inputs, partitions=self.partitions)
+        # Create, delete, create: drops records the broker took before the topic existed.
+        await kafka.create_topics(self.admin, self.outputs, partitions=self.partitions)
+        await kafka.delete_topics(self.admin, self.outputs)
+        await kafka.create_topics(self.admin, self.outputs, partitions=self.partitions)
+        await kafka.create_topics(self.admin, [self.marker], partitions=1)
+        return inputs + self.outputs
+
+
+class FaustPublisher:
+    """Publishes output records with the app's producer and waits for every acknowledgement.
+
+    Succeeds only if the broker that acknowledged them is still the one the topics were
+    checked on before sending (its incarnation marker is there before and after): records
+    acknowledged by a broker that restarted meanwhile may be lost (memory store) or sit in a
+    topic that is about to be recreated, so they stay in the outbox and are sent again by the
+    relay (at-least-once; each output carries its ``message_id`` for consumers to dedupe).
+    """
+
+    def __init__(self, app: faust.App, broker: BrokerTopics) -> None:
         self.app = app
+        self.broker = broker
 
     async def publish(self, records: Sequence[OutboxRecord]) -> None:
-        futures = [
-            await self.app.producer.send(r.topic, r.key, r.value, None, None, None) for r in records
-        ]
-        await asyncio.gather(*futures)
+        async with self.broker.lock:
+            if not await self.broker.current():
+                created = await self.broker.ensure()
+                log.warning("the broker restarted; recreated topics: %s", ", ".join(created))
+            futures = [
+                await self.app.producer.send(r.topic, r.key, r.value, None, None, None)
+                for r in records
+            ]
+            await asyncio.gather(*futures)
+            if not await self.broker.current():
+                raise BrokerRestarted(f"{len(records)} outputs acknowledged across a restart")
 
 
 class Runtime(Service):
@@ -61,6 +154,9 @@ class Runtime(Service):
         self.pool: Any = None
         self.ingestor: Ingestor | None = None
         self.processor: LeadProcessor | None = None
+        self.broker = BrokerTopics(
+            endpoints.kafka_url, settings.topics, settings.partitions, settings.app_id
+        )
 
     async def on_start(self) -> None:
         self.pool = await db.create_pool(self.endpoints.database_dsn)
@@ -68,9 +164,9 @@ class Runtime(Service):
             applied = await db.migrate(conn)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
-        await kafka.ensure_contract_topics(
-            self.endpoints.kafka_url, self.settings.topics, self.settings.partitions
-        )
+        await self.broker.start()
+        async with self.broker.lock:
+            await self.broker.ensure()
         rules = load_rules(self.settings.rules_file)
         log.info("scoring with rule set %s from %s", rules.version, self.settings.rules_file)
         self.processor = LeadProcessor(
@@ -81,7 +177,7 @@ class Runtime(Service):
         self.ingestor = Ingestor(
             self.pool,
             self.settings.topics,
-            FaustPublisher(self.app),
+            FaustPublisher(self.app, self.broker),
             max_message_bytes=self.settings.max_message_bytes,
             bots=BotFilter(self.settings.bot_pattern or DEFAULT_BOT_PATTERN),
             apply=self.processor.apply_events,
@@ -93,6 +189,7 @@ class Runtime(Service):
             await self.ingestor.drain()
         if self.pool is not None:
             await self.pool.close()
+        await self.broker.close()
 
     async def relay_outbox(self) -> int:
         """Publish outbox rows that their own batch did not (crash or broker outage)."""
@@ -104,7 +201,7 @@ class Runtime(Service):
             )
             if not claimed:
                 return 0
-            await FaustPublisher(self.app).publish([record for _, record in claimed])
+            await FaustPublisher(self.app, self.broker).publish([r for _, r in claimed])
             await store.delete_outbox(conn, [i for i, _ in claimed])
         log.info("relayed %d output messages from the outbox", len(claimed))
         return len(claimed)
@@ -199,9 +296,8 @@ def create_app(settings: Settings, endpoints: Endpoints) -> faust.App:
     async def relay() -> None:
         try:
             # A memory broker that restarted has lost its topics: put them back.
-            created = await kafka.ensure_contract_topics(
-                endpoints.kafka_url, settings.topics, settings.partitions
-            )
+            async with runtime.broker.lock:
+                created = await runtime.broker.ensure()
             if created:
                 log.warning("recreated missing topics: %s", ", ".join(created))
             await runtime.relay_outbox()

@@ -9,8 +9,19 @@ decoder says it is invalid (or raises — a crash the drill must expose), so the
 the contract itself. Some valid events carrying SQL-looking and non-ASCII text are mixed in
 too: they must be stored as data and scored.
 
+Then what the decoder *passes* today but breaks later (issue 10): a property of ``1e400`` or
+``-1e400`` (non-finite once parsed; PostgreSQL refuses it), a 400-digit integer, a lone UTF-16
+surrogate (``"\\ud800"``: valid JSON, not encodable as UTF-8). The expectation is the contract,
+not today's decoder: each must be dead-lettered with an error naming ``properties``. After the
+stream: one corrupt record batch (gzip codec bits, noise inside, a correct CRC) on
+``events[0]``, then valid events of new leads in batches compressed with each codec (gzip,
+snappy, lz4, zstd; the last three need the ``cramjam`` package), on ``events[0]`` behind the
+corrupt batch and on ``events[1]``. The corrupt batch must leave one dead letter with reason
+``undecodable_batch`` and be skipped; every compressed event must be scored.
+
 Verdict: every bad message is a dead letter with the decoder's reason, the worker PID never
-changed, and the valid part scored exactly as the pure core says.
+changed, nothing stalled, and the valid part (compressed included) scored exactly as the pure
+core says.
 """
 
 from __future__ import annotations
@@ -26,8 +37,9 @@ from events import Rejection, decode
 from workers.traffic import Message
 
 from .harness import DrillConfig, Feed, Rig
+from .rawbatch import CODECS, corrupt_batch, publish_compressed, publish_raw
 from .report import DrillResult, say
-from .verify import MAX_MESSAGE_BYTES, conclude, expect, wait_all_in
+from .verify import MAX_MESSAGE_BYTES, Expected, conclude, expect, wait_all_in
 
 SQL = (
     "'; DROP TABLE leads; --",
@@ -210,6 +222,73 @@ def odd_but_valid(valid: list[Message], count: int, rng: random.Random) -> list[
     return out
 
 
+#: JSON values the decoder parses today that PostgreSQL (or UTF-8) cannot take.
+PASSES_TODAY = {
+    "non_finite": (b"1e400", b"-1e400"),
+    "huge_integer": (b"9" * 400, b"-" + b"8" * 400),
+    "lone_surrogate": (b'"\\ud800"', b'"tail \\udfff"'),
+}
+
+
+def passes_the_decoder(
+    valid: list[Message], per_kind: int, rng: random.Random
+) -> tuple[list[Message], dict[str, int]]:
+    """``per_kind`` events of each kind of :data:`PASSES_TODAY`, in a property."""
+    events = [m for m in valid if m.topic == "events"]
+    out: list[Message] = []
+    tally: dict[str, int] = {}
+    for kind, values in PASSES_TODAY.items():
+        for n in range(per_kind):
+            base = rng.choice(events)
+            doc = json.loads(base.value)
+            doc["event_id"] = f"fuzz-{kind}-{n}"
+            doc.setdefault("properties", {})[rng.choice(["amount", "title", "plan"])] = "@@"
+            raw = _dumps(doc).replace(b'"@@"', values[n % len(values)])
+            out.append(Message("events", base.key, raw, False, base.timestamp))
+            tally[kind] = tally.get(kind, 0) + 1
+    return out, tally
+
+
+def compressed_events(valid: list[Message], codec: str, count: int) -> list[Message]:
+    """``count`` valid behaviour events of two new leads, ids naming the codec."""
+    kinds = {"page_view", "content_download", "webinar_attended", "email_click"}
+    bases = [m for m in valid if m.topic == "events" and json.loads(m.value)["type"] in kinds]
+    out = []
+    for n in range(count):
+        doc = json.loads(bases[n % len(bases)].value)
+        lead = f"fuzz-{codec}-lead-{n % 2}"
+        doc.pop("anonymous_id", None)
+        doc.update(event_id=f"fuzz-{codec}-{n}", lead_id=lead)
+        out.append(Message("events", lead.encode(), _dumps(doc), True, bases[0].timestamp))
+    return out
+
+
+async def publish_odd_batches(
+    kafka_url: str,
+    rig: Rig,
+    valid: list[Message],
+    exp: Expected,
+    per_codec: int,
+    rng: random.Random,
+) -> list[str]:
+    """The corrupt batch, then the compressed ones; what could not be published."""
+    failed = []
+    code = await publish_raw(kafka_url, rig.topics.events, 0, corrupt_batch(rng))
+    if code == 0:
+        exp.batch_letters[("events", 0)] += 1
+    else:
+        failed.append(f"the broker refused the corrupt batch (error code {code})")
+    for i, codec in enumerate(CODECS):
+        messages = compressed_events(valid, codec, per_codec)
+        for m in messages:
+            exp.add_valid(m.topic, m.value)
+        try:
+            await publish_compressed(kafka_url, rig.topics, codec, messages, partition=i % 2)
+        except Exception as exc:  # no codec package: the worker could not read it either
+            failed.append(f"could not publish {codec}: {exc!r}")
+    return failed
+
+
 def interleave(stream: list[Message], extra: list[Message], rng: random.Random) -> list[Message]:
     """``extra`` at random places of ``stream``, whose own order is kept."""
     slots = sorted(rng.randrange(len(stream) + 1) for _ in extra)
@@ -227,32 +306,47 @@ def interleave(stream: list[Message], extra: list[Message], rng: random.Random) 
 async def run(cfg: DrillConfig, *, kinds: list[str] | None = None) -> DrillResult:
     result = DrillResult("fuzz")
     started = time.monotonic()
-    leads, bad_count, odd = (100, 1_000, 50) if cfg.quick else (800, 10_000, 300)
+    leads, bad_count, odd, late_each, per_codec = (
+        (100, 1_000, 50, 2, 20) if cfg.quick else (800, 10_000, 300, 10, 200)
+    )
     rng = random.Random(cfg.seed)
     traffic = make_traffic(leads=leads, seed=cfg.seed, events=None)
     valid = [m for m in traffic.messages if m.valid]
     bad, tally = hostile(valid, bad_count, rng, kinds=kinds)
-    extra = bad + odd_but_valid(valid, odd, rng)
+    late, late_tally = passes_the_decoder(valid, late_each, rng)
+    extra = bad + odd_but_valid(valid, odd, rng) + late
     rng.shuffle(extra)
     messages = interleave(traffic.messages, extra, rng)
-    exp = expect((m.topic, m.value) for m in messages)
+    refused = {id(m) for m in late}
+    exp = expect((m.topic, m.value) for m in messages if id(m) not in refused)
+    for m in late:
+        exp.refuse(m.topic, m.value, naming="properties")
     result.notes.append(
         f"{len(bad):,} hostile + {odd} odd-but-valid among {len(traffic.messages):,}: "
         + ", ".join(f"{k} {n}" for k, n in sorted(tally.items()))
     )
+    result.notes.append(
+        "passing today's decoder, to be refused naming the field: "
+        + ", ".join(f"{k} {n}" for k, n in late_tally.items())
+        + f"; then 1 corrupt record batch and {per_codec} events compressed with each of "
+        + ", ".join(CODECS)
+    )
     async with Rig("fuzz", cfg) as rig:
         broker = rig.broker()
         dsn = await rig.database(await rig.server())
-        await rig.topics_on(broker.url)
+        tap = await rig.topics_on(broker.url)
         sup = await rig.supervisor(broker.url, dsn, LEADCYCLE_BATCH_SIZE="500")
         pid = sup.current.pid
         say(f"fuzz: publishing {len(messages):,} messages ({exp.invalid:,} invalid)")
         await Feed(broker.url, rig.topics, messages).run()
-        waited = await wait_all_in(dsn, exp, sup, result, seconds=240)
+        for problem in await publish_odd_batches(broker.url, rig, valid, exp, per_codec, rng):
+            result.fail(problem)
+        # A wedged consumer makes no progress at all: say so after 45 s, not at the timeout.
+        waited = await wait_all_in(dsn, exp, sup, result, seconds=240, stall=45)
         if waited is not None:
             result.recovery["all in after publish"] = waited
         if sup.current.pid != pid:
             result.fail(f"the worker crashed: pid {pid} -> {sup.current.pid}")
-        await conclude(dsn, sup, exp, result)
+        await conclude(dsn, sup, exp, result, tap)
     result.seconds = time.monotonic() - started
     return result

@@ -9,9 +9,11 @@ The machine's own PostgreSQL is only ever used to create and drop the drill's sc
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -20,12 +22,14 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import asyncpg
+from aiokafka import AIOKafkaProducer
 
 from events.topics import TopicNames
 from infra import db
+from infra.broker import PROCESS_NAME as BROKER_PROCESS
 from infra.broker import RunningBroker, start_broker, stop_broker
 from infra.kafka import ensure_contract_topics, producer
 from infra.postgres import (
@@ -36,10 +40,11 @@ from infra.postgres import (
     stop_private_cluster,
     with_database,
 )
-from infra.processes import free_port
+from infra.processes import alive, free_port
 from workers.process import WorkerProcess
 from workers.traffic import Message
 
+from .outputs import OutputTap
 from .report import say
 
 PARTITIONS = 4
@@ -77,6 +82,16 @@ class Broker:
         if self.running is not None:
             stop_broker(self.running.pid)
             self.running = None
+
+    def crash(self) -> None:
+        """SIGKILL the broker: no drain of what it holds (tansu's SIGTERM serves on for ~5 s)."""
+        if self.running is not None:
+            pid, self.running = self.running.pid, None
+            if alive(pid, expect=BROKER_PROCESS):
+                os.kill(pid, signal.SIGKILL)
+            while alive(pid, expect=BROKER_PROCESS):
+                reap(pid)
+                time.sleep(0.02)
 
 
 class Cluster:
@@ -220,6 +235,11 @@ class Rig:
         self.dir = Path(tempfile.mkdtemp(prefix=f"leadcycle-drill-{name}-"))
         self.dir.chmod(0o755)  # a private cluster runs as the postgres user when we are root
         self.stack.callback(shutil.rmtree, self.dir, True)
+        # For a post-mortem: the worker logs are copied there before the directory goes.
+        keep = os.environ.get("LEADCYCLE_DRILL_KEEP_LOGS")
+        if keep:
+            target = Path(keep) / f"{name}-{self.run_id}"
+            self.stack.callback(_copy_logs, self.dir / "logs", target)
 
     async def __aenter__(self) -> Self:
         return self
@@ -262,8 +282,13 @@ class Rig:
         self.stack.push_async_callback(_drop_quietly, server_dsn, name)
         return await db.migrated_database(server_dsn, name, marker=DRILL_MARKER)
 
-    async def topics_on(self, kafka_url: str) -> None:
+    async def topics_on(self, kafka_url: str) -> OutputTap:
+        """Create the drill's topics and start reading its output topics (see outputs.py)."""
         await ensure_contract_topics(kafka_url, self.topics, PARTITIONS)
+        tap = OutputTap(kafka_url, self.topics)
+        await tap.start()
+        self.stack.push_async_callback(tap.stop)
+        return tap
 
     async def supervisor(
         self, kafka_url: str, dsn: str, *, max_restarts: int = 3, **env: str
@@ -290,6 +315,20 @@ class Rig:
         return sup
 
 
+def reap(pid: int) -> None:
+    """Collect a child that exited (it looks alive until waited for)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _copy_logs(source: Path, target: Path) -> None:
+    if source.exists():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+        say(f"worker logs kept in {target}")
+
+
 async def _drop_quietly(server_dsn: str, name: str) -> None:
     try:
         await drop_database(server_dsn, name, marker=DRILL_MARKER)
@@ -299,7 +338,12 @@ async def _drop_quietly(server_dsn: str, name: str) -> None:
 
 class Feed:
     """Publishes messages to the drill's input topics, optionally paced, and remembers where
-    each landed (topic, partition, offset): a stall report can then name the exact offsets."""
+    each landed (topic, partition, offset): a stall report can then name the exact offsets.
+
+    A send the broker does not acknowledge (it is away, or restarting) is retried, as a
+    producer with retries does, until it is; :attr:`acked` records every acknowledged
+    publication (a message sent twice that way is two publications) and when it was.
+    """
 
     def __init__(
         self,
@@ -309,34 +353,82 @@ class Feed:
         *,
         rate: float | None = None,
         chunk: int = 250,
+        burst: int = 0,
     ) -> None:
         self.kafka_url = kafka_url
+        self.burst = burst  # the first ``burst`` messages go out as fast as they can
         self.topics = topics
         self.messages = messages
         self.rate = rate
         self.chunk = chunk
         self.produced = 0
         self.positions: list[tuple[str, int, int]] = []
+        #: (message, (topic suffix, partition, offset), loop time of the acknowledgement)
+        self.acked: list[tuple[Message, tuple[str, int, int], float]] = []
+        self.retried = 0  # sends that failed and were sent again
+        self._producer: AIOKafkaProducer | None = None
+        #: Cleared: new sends and retries wait (a producer holding its sends while it cannot
+        #: reach the cluster). Sends already on their way are not held.
+        self.gate = asyncio.Event()
+        self.gate.set()
 
     async def run(self) -> None:
-        prod = producer(self.kafka_url)
-        await prod.start()
         started = time.monotonic()
         try:
             for i in range(0, len(self.messages), self.chunk):
                 part = self.messages[i : i + self.chunk]
-                futures = [
-                    await prod.send(self.topics.name(m.topic), m.value, key=m.key) for m in part
-                ]
-                for m, meta in zip(part, await asyncio.gather(*futures), strict=True):
-                    self.positions.append((m.topic, meta.partition, meta.offset))
+                self.positions += await self.publish(part)
                 self.produced += len(part)
-                if self.rate:
-                    ahead = started + self.produced / self.rate - time.monotonic()
+                if self.produced <= self.burst:
+                    started = time.monotonic()
+                elif self.rate:
+                    paced = self.produced - self.burst
+                    ahead = started + paced / self.rate - time.monotonic()
                     if ahead > 0:
                         await asyncio.sleep(ahead)
         finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            prod, self._producer = self._producer, None
             await prod.stop()
+
+    async def publish(self, part: Sequence[Message]) -> list[tuple[str, int, int]]:
+        """Send ``part`` until every message is acknowledged; where each landed."""
+        loop = asyncio.get_running_loop()
+        where: dict[int, tuple[str, int, int]] = {}
+
+        def landed(n: int, future: asyncio.Future[Any]) -> None:
+            # Recorded as the acknowledgement arrives, even for a send given up on below.
+            if future.cancelled() or future.exception() is not None or n in where:
+                return
+            meta = future.result()
+            where[n] = (part[n].topic, meta.partition, meta.offset)
+            self.acked.append((part[n], where[n], loop.time()))
+
+        while len(where) < len(part):
+            await self.gate.wait()
+            try:
+                if self._producer is None:
+                    self._producer = producer(self.kafka_url)
+                    await self._producer.start()
+                futures = []
+                for n in [n for n in range(len(part)) if n not in where]:
+                    m = part[n]
+                    future = await self._producer.send(
+                        self.topics.name(m.topic), m.value, key=m.key
+                    )
+                    future.add_done_callback(functools.partial(landed, n))
+                    futures.append(future)
+                await asyncio.gather(*futures, return_exceptions=True)
+            except Exception as exc:  # the broker is away: retry what it did not acknowledge
+                say(f"producer: {exc!r}; retrying {len(part) - len(where)} messages")
+            if len(where) < len(part):
+                self.retried += len(part) - len(where)
+                await self.close()  # a fresh producer for the retry, as after a restart
+                await asyncio.sleep(0.5)
+        return [where[n] for n in range(len(part))]
 
 
 @dataclass(frozen=True)
@@ -366,20 +458,26 @@ async def wait_for(
     seconds: float,
     sup: Supervisor | None = None,
     interval: float = 0.2,
+    stall: float | None = None,
 ) -> tuple[bool, Counts, float]:
     """Poll the counts until ``done`` holds; (whether it did, the last counts, seconds waited).
 
-    Gives up early when the supervised worker is in a crash loop (nothing will move any more).
+    Gives up early when the supervised worker is in a crash loop (nothing will move any more),
+    or when ``stall`` is given and the counts have not moved for that many seconds.
     """
     conn = await asyncpg.connect(dsn)
-    started = time.monotonic()
+    started = moved = time.monotonic()
+    last: Counts | None = None
     try:
         while True:
             now = await counts(conn)
             waited = time.monotonic() - started
             if done(now):
                 return True, now, waited
-            if waited > seconds or (sup is not None and sup.crash_loop):
+            if now != last:
+                last, moved = now, time.monotonic()
+            stalled = stall is not None and time.monotonic() - moved > stall
+            if waited > seconds or stalled or (sup is not None and sup.crash_loop):
                 return False, now, waited
             await asyncio.sleep(interval)
     finally:

@@ -33,7 +33,7 @@ async def run(cfg: DrillConfig) -> DrillResult:
         broker = rig.broker()
         cluster = rig.cluster()  # the only PostgreSQL this drill ever stops
         dsn = await rig.database(cluster.server_dsn)
-        await rig.topics_on(broker.url)
+        tap = await rig.topics_on(broker.url)
         sup = await rig.supervisor(broker.url, dsn, LEADCYCLE_BATCH_SIZE="200")
         feed = Feed(broker.url, rig.topics, traffic.messages, rate=rate)
         producing = asyncio.create_task(feed.run())
@@ -64,7 +64,7 @@ async def run(cfg: DrillConfig) -> DrillResult:
             f"outage {outage:.0f} s; the worker logged {len(retries)} batch retries"
             + (f" (longest wait {max(float(r) for r in retries):.1f} s)" if retries else "")
         )
-        await conclude(dsn, sup, exp, result)
+        await conclude(dsn, sup, exp, result, tap)
     result.seconds = time.monotonic() - started
     return result
 

@@ -29,6 +29,12 @@ class DrillResult:
     dead_letters: int = 0  # dead_letters rows at the end
     restarts: int = 0  # worker processes started after the first one (kills and exits)
     unplanned_exits: int = 0  # worker exits the drill did not cause
+    #: kill -9 only: kills that landed after a batch's database commit, before its offset
+    #: commit, and valid messages delivered again after the kills (redeliveries).
+    kills_in_ack_window: int | None = None
+    redelivered: int | None = None
+    #: Output topic -> distinct messages read from it (deduped on message_id).
+    outputs: dict[str, int] = field(default_factory=dict)
     recovery: dict[str, float] = field(default_factory=dict)  # named durations, seconds
     seconds: float = 0.0  # wall time of the drill
     problems: list[str] = field(default_factory=list)
@@ -60,6 +66,16 @@ class DrillResult:
             f"{_maybe(self.duplicates_suppressed)}",
             f"   worker restarts {self.restarts} (unplanned exits {self.unplanned_exits})",
         ]
+        if self.kills_in_ack_window is not None:
+            lines.append(
+                f"   kills between database commit and offset commit {self.kills_in_ack_window}, "
+                f"messages redelivered {_maybe(self.redelivered)}"
+            )
+        if self.outputs:
+            lines.append(
+                "   outputs read (distinct): "
+                + ", ".join(f"{t} {n:,}" for t, n in self.outputs.items())
+            )
         if self.recovery:
             lines.append(
                 "   timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.recovery.items())

@@ -5,7 +5,12 @@
 - ``dead_letters`` holds one row per invalid message — matched by source topic and payload
   digest, with the decoder's reason and a non-empty error — and no more (nothing counted twice);
 - every lead's fit score, behaviour score and set of applied events equal what the pure core
-  folded over the stream says (an event applied twice would show in the behaviour score).
+  folded over the stream says (an event applied twice would show in the behaviour score);
+- every lead's stage and open follow-up equal what the pure core decides over the same events
+  in the order and at the time the worker applied them (stages depend on that order);
+- the output topics, read by the drill as a downstream consumer would (outputs.py), carry
+  every dead letter, ledger entry, follow-up version and nurture enrollment PostgreSQL holds,
+  none counted twice, and the open follow-ups they describe are PostgreSQL's.
 
 The fold itself is the integration tests' oracle (``bench/oracle.py``),
 imported rather than copied.
@@ -30,6 +35,13 @@ from workers.bots import BotFilter
 from workers.process import ROOT
 
 from .harness import Supervisor, wait_for
+from .outputs import (
+    OutputTap,
+    check_outputs,
+    expected_lifecycle,
+    lifecycle_mismatches,
+    processing_times,
+)
 from .report import DrillResult
 
 #: Scores are compared decayed to one fixed instant, so the wall clock cannot matter.
@@ -61,6 +73,29 @@ class Expected:
     #: messages the decoder raised on instead of answering (a worker bug if any)
     undecodable: list[str] = field(default_factory=list)
     oracle_input: list[tuple[str, bytes]] = field(default_factory=list)
+    #: (topic suffix, payload digest) -> a field the dead letter's error must name
+    must_name: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: (topic suffix, partition) -> corrupt record batches published there: each must leave
+    #: a dead letter with reason ``undecodable_batch`` (its message id is the worker's choice)
+    batch_letters: Counter[tuple[str, int]] = field(default_factory=Counter)
+
+    def refuse(self, topic: str, value: bytes, *, naming: str) -> None:
+        """Expect ``value`` dead-lettered, with an error naming ``naming``, whatever today's
+        decoder says of it (inputs it passes but the database cannot store)."""
+        key = (topic, digest(value))
+        self.messages += 1
+        self.letters[key] += 1
+        self.reasons[key] = None
+        self.must_name[key] = naming
+
+    def add_valid(self, topic: str, value: bytes) -> None:
+        """Expect ``value`` scored (published after the rest of the stream)."""
+        more = expect([(topic, value)])
+        self.messages += 1
+        self.valid_messages += more.valid_messages
+        self.ids |= more.ids
+        self.bots |= more.bots
+        self.oracle_input += more.oracle_input
 
     @property
     def invalid(self) -> int:
@@ -123,7 +158,9 @@ async def check(dsn: str, exp: Expected, result: DrillResult, *, ruleset: RuleSe
             r["event_id"]: r["disposition"]
             for r in await conn.fetch("SELECT event_id, disposition FROM event_log")
         }
-        letters = await conn.fetch("SELECT message_id, reason, error FROM dead_letters")
+        letters = await conn.fetch(
+            "SELECT message_id, source_topic, partition, reason, error FROM dead_letters"
+        )
     finally:
         await conn.close()
     result.scored = sum(1 for d in logged.values() if d == "accepted")
@@ -141,15 +178,34 @@ async def check(dsn: str, exp: Expected, result: DrillResult, *, ruleset: RuleSe
         result.fail(f"{len(wrong_bots)} events with the wrong bot disposition")
 
     found: Counter[tuple[str, str]] = Counter()
+    batches: Counter[tuple[str, int]] = Counter()
     for row in letters:
+        if not row["reason"] or not row["error"]:
+            result.fail(f"dead letter {row['message_id']} has no reason or error")
+        if row["reason"] == "undecodable_batch":
+            batches[(row["source_topic"].rsplit(".", 1)[-1], row["partition"])] += 1
+            continue
         topic, _, _, payload_digest = row["message_id"].split(":")
         key = (topic, payload_digest)
         found[key] += 1
         want = exp.reasons.get(key)
         if want is not None and row["reason"] != want:
             result.fail(f"dead letter {row['message_id']}: reason {row['reason']}, want {want}")
-        if not row["reason"] or not row["error"]:
-            result.fail(f"dead letter {row['message_id']} has no reason or error")
+        naming = exp.must_name.get(key)
+        if naming is not None and naming not in row["error"]:
+            result.fail(
+                f"dead letter {row['message_id']} ({row['reason']}) does not name the field "
+                f"{naming!r}: {row['error'][:160]}"
+            )
+    for where, n in sorted(exp.batch_letters.items()):
+        if batches[where] < n:
+            result.fail(
+                f"{n - batches[where]} corrupt record batches on {where[0]}[{where[1]}] left no "
+                "undecodable_batch dead letter"
+            )
+    stray = set(batches) - set(exp.batch_letters)
+    if stray:
+        result.fail(f"undecodable_batch dead letters where no corrupt batch was: {sorted(stray)}")
     missing, extra = exp.letters - found, found - exp.letters
     if missing:
         result.fail(f"{sum(missing.values())} invalid messages not dead-lettered")
@@ -162,7 +218,20 @@ async def check(dsn: str, exp: Expected, result: DrillResult, *, ruleset: RuleSe
     problems = score_mismatches(want_states, await stored_states(dsn), ruleset, at=AT)
     if problems:
         result.fail(f"{len(problems)} leads differ from the pure core, e.g. {problems[:3]}")
-    result.notes.append(f"oracle: {len(want_states):,} leads compared (fit, behaviour, applied)")
+    lifecycle = expected_lifecycle(
+        exp.oracle_input, ruleset, applied_at=await processing_times(dsn)
+    )
+    moved = await lifecycle_mismatches(dsn, lifecycle)
+    if moved:
+        result.fail(
+            f"{len(moved)} stages or open follow-ups differ from the pure core, e.g. {moved[:3]}"
+        )
+    stages = Counter(lifecycle.stages.values())
+    result.notes.append(
+        f"oracle: {len(want_states):,} leads compared (fit, behaviour, applied, stage: "
+        + ", ".join(f"{k} {n}" for k, n in sorted(stages.items()))
+        + f"; {len(lifecycle.open_followups):,} open follow-ups)"
+    )
 
 
 def event_id(value: bytes) -> str | None:
@@ -176,33 +245,51 @@ def event_id(value: bytes) -> str | None:
 
 
 async def wait_all_in(
-    dsn: str, exp: Expected, sup: Supervisor, result: DrillResult, *, seconds: float
+    dsn: str,
+    exp: Expected,
+    sup: Supervisor,
+    result: DrillResult,
+    *,
+    seconds: float,
+    stall: float | None = None,
 ) -> float | None:
-    """Seconds until event_log and dead_letters hold the whole stream; on a timeout or a crash
-    loop, None and a problem with the counts reached and the worker log's tail."""
+    """Seconds until event_log and dead_letters hold the whole stream; on a timeout, a stall
+    (``stall`` s without progress) or a crash loop, None and a problem with the counts reached
+    and the worker log's tail."""
+    letters = exp.invalid + exp.batch_letters.total()
     ok, now, waited = await wait_for(
         dsn,
-        lambda c: c.events >= len(exp.ids) and c.letters >= exp.invalid,
+        lambda c: c.events >= len(exp.ids) and c.letters >= letters,
         seconds=seconds,
         sup=sup,
+        stall=stall,
     )
     if ok:
         return waited
     result.fail(
-        f"{'crash loop' if sup.crash_loop else 'timeout'} after {waited:.0f} s at "
-        f"{now.events:,}/{len(exp.ids):,} events, {now.letters:,}/{exp.invalid:,} dead letters"
+        f"{'crash loop' if sup.crash_loop else 'timeout or stall'} after {waited:.0f} s at "
+        f"{now.events:,}/{len(exp.ids):,} events, {now.letters:,}/{letters:,} dead letters"
         f":\n{sup.tail(1500)}"
     )
     return None
 
 
 async def conclude(
-    dsn: str, sup: Supervisor, exp: Expected, result: DrillResult, *, outbox_grace: float = 25.0
+    dsn: str,
+    sup: Supervisor,
+    exp: Expected,
+    result: DrillResult,
+    tap: OutputTap,
+    *,
+    outbox_grace: float = 25.0,
+    exempt: tuple[datetime, datetime] | None = None,
 ) -> None:
-    """Let the outbox drain, stop the worker, then run :func:`check` and record restarts."""
+    """Let the outbox drain and the output tap catch up, stop the worker, then run
+    :func:`check` and :func:`~.outputs.check_outputs` and record restarts."""
     drained, last, _ = await wait_for(dsn, lambda c: c.outbox == 0, seconds=outbox_grace)
     if not drained:
         result.fail(f"{last.outbox} output messages still in the outbox after {outbox_grace:.0f} s")
+    await tap.settle()
     await sup.stop()
     result.restarts = sup.restarts
     result.unplanned_exits = len(sup.exit_codes)
@@ -212,3 +299,4 @@ async def conclude(
         )
     result.duplicates_suppressed = sup.duplicates_suppressed()
     await check(dsn, exp, result, ruleset=rules())
+    await check_outputs(dsn, tap, result, exempt=exempt)

@@ -4,6 +4,11 @@ Each drill starts its own broker (and the PostgreSQL-outage drill its own privat
 creates its scratch database on the test session's server. The kill -9 drill spends most of
 its time waiting for consumer-group rejoins, so it runs in the background while the others
 run one after another; its verdict is asserted last.
+
+Besides each verdict (which includes the output topics and the stages and open follow-ups
+against the pure core), the tests assert that the checks really ran: output messages were
+read, the kill -9 drill's kills landed between a database commit and its offset commit and
+the redelivery was observed.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ async def kill9_drill(config: DrillConfig) -> AsyncIterator[asyncio.Task[DrillRe
 
 def assert_passed(result: DrillResult) -> None:
     assert result.passed, "\n" + result.render()
+    # The outputs were read and compared, not skipped.
+    assert result.outputs.get("score-changes", 0) > 0, result.render()
 
 
 async def test_broker_restart_with_the_worker_running(config: DrillConfig) -> None:
@@ -59,3 +66,8 @@ async def test_kill_9(kill9_drill: asyncio.Task[DrillResult]) -> None:
     result = await kill9_drill
     assert_passed(result)
     assert result.restarts >= 5
+    # Aimed kills landed after a batch's commit and before its offsets were: redelivered.
+    assert result.kills_in_ack_window is not None
+    assert result.kills_in_ack_window >= 3
+    assert result.redelivered is not None
+    assert result.redelivered > 0
