@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer
 from events.topics import TopicNames
 from infra.kafka import ensure_topics, producer
 from infra.processes import ServiceError
+from scoring.intake import split
 from workers.traffic import Message
 
 from .load import PARTITIONS, Traffic
@@ -102,7 +103,8 @@ async def _observe(
             for records in batches.values():
                 for r in records:
                     for entry in json.loads(r.value)["entries"]:
-                        eid = entry["event_id"]
+                        # Outputs carry the qualified id (<source>|<event id>).
+                        eid = split(entry["event_id"])[1]
                         if eid in sent_at and eid not in seen_at:
                             seen_at[eid] = now
     finally:
