@@ -13,9 +13,11 @@ import asyncpg
 import pytest
 
 from infra.calllist import open_followups
+from infra.postgres import drop_database
 from infra.services import Endpoints
 from infra.settings import Settings
 from scoring.rules import load_rules
+from tests.conftest import TEST_MARKER
 from tests.integration.conftest import Scenario, make_scenario
 from tests.integration.journeys import (
     Journey,
@@ -317,16 +319,20 @@ async def test_duplicates_and_redelivery_change_nothing(services: Any) -> None:
         replays = rng.sample(earlier, k=min(len(earlier), 5))
         doubled.append(phase + copies + replays)
         earlier += phase
-    w1, w2 = worker_for(once, "w").start(), worker_for(twice, "w").start()
     try:
-        await publish_phases(once, w1, phases())
-        await publish_phases(twice, w2, doubled)
+        w1, w2 = worker_for(once, "w").start(), worker_for(twice, "w").start()
+        try:
+            await publish_phases(once, w1, phases())
+            await publish_phases(twice, w2, doubled)
+        finally:
+            w1.stop()
+            w2.stop()
+        a, b = await snapshot(once.dsn), await snapshot(twice.dsn)
+        assert a["events"] == b["events"]
+        for key in a:
+            assert a[key] == b[key], f"{key} differs after duplicate delivery"
+        assert len(a["ledger"]) > 20
+        assert len(a["followups"]) >= 2
     finally:
-        w1.stop()
-        w2.stop()
-    a, b = await snapshot(once.dsn), await snapshot(twice.dsn)
-    assert a["events"] == b["events"]
-    for key in a:
-        assert a[key] == b[key], f"{key} differs after duplicate delivery"
-    assert len(a["ledger"]) > 20
-    assert len(a["followups"]) >= 2
+        for made in (once, twice):
+            await drop_database(services.server_dsn, made.name, marker=TEST_MARKER)
