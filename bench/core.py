@@ -23,14 +23,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from bench.oracle import scored_events
 from events import BehaviourTracked, decode
 from events.decode import InputEvent, Rejection
+from scoring.decay import read
 from scoring.decision import Decision
 from scoring.fold import Fold
 from scoring.rules import RuleSet, load_rules
-from scoring.state import ANON_PREFIX, LeadState
+from scoring.state import ANON_PREFIX, LeadState, decode_state, encode_state
 from workers.traffic import TrafficSpec, generate
 
 MAX_BYTES = 65_536
@@ -79,7 +81,7 @@ class RoundTrip(Fold):
             touched.append(f"{ANON_PREFIX}{event.anonymous_id}")
         for key in touched:
             if key in self.states:
-                self.states[key] = LeadState.model_validate_json(self.states[key].model_dump_json())
+                self.states[key] = decode_state(encode_state(self.states[key]))
         return super().add(event)
 
 
@@ -93,18 +95,49 @@ def run_fold(events: Sequence[InputEvent], rules: RuleSet, now: datetime) -> Fol
 def digest(
     events: Sequence[InputEvent], rules: RuleSet, now: datetime, *, roundtrip: bool = False
 ) -> str:
-    """A SHA-256 over every decision and every final state (see the module docstring)."""
+    """A SHA-256 over every decision and every final state (see the module docstring).
+
+    Built from values, not from a serialisation (floats to 9 decimals, times in UTC), so two
+    versions of the core with different state classes can be compared.
+    """
     h = hashlib.sha256()
     fold = (RoundTrip if roundtrip else Fold)(rules, now=now)
     for event in events:
         for d in fold.add(event):
-            h.update(d.state.model_dump_json().encode())
-            for value in (*d.ledger, *d.transitions, d.recycle, d.followup):
-                h.update(b"-" if value is None else value.model_dump_json().encode())
-            h.update(json.dumps([d.close_followup, d.excluded, d.duplicate]).encode())
+            doc: list[Any] = [
+                [e.entry_id, _r(e.points), _r(e.decayed_points), _r(e.score_before),
+                 _r(e.score_after), _t(e.anchor)]
+                for e in d.ledger
+            ]  # fmt: skip
+            doc.append([[x.from_stage, x.to_stage, _t(x.at), x.reason, x.accepted]
+                        for x in d.transitions])  # fmt: skip
+            f, r = d.followup, d.recycle
+            doc.append(f and [f.why_now, _r(f.priority), _t(f.due_at), f.reason])
+            doc.append(r and [r.reason, _t(r.since), str(r.revisit_on)])
+            doc.append([d.close_followup, d.excluded, d.duplicate])
+            h.update(json.dumps(doc).encode())
     for subject in sorted(fold.states):
-        h.update(fold.states[subject].model_dump_json().encode())
+        h.update(json.dumps(_state_values(fold.states[subject], now)).encode())
     return h.hexdigest()
+
+
+def _r(x: float | None) -> str | None:
+    return None if x is None else repr(round(x, 9))
+
+
+def _t(x: datetime | None) -> str | None:
+    return None if x is None else x.astimezone(UTC).isoformat()
+
+
+def _state_values(s: LeadState, now: datetime) -> list[Any]:
+    r = s.recycle
+    return [
+        s.lead_id, s.stage, _t(s.stage_since), _r(s.fit_score), s.fit_grade,
+        _r(read(s.decay, now)), sorted((k, _r(v[0]), _r(v[1])) for k, v in s.caps.items()),
+        [a.event_id for a in s.activities], s.events, s.excluded, list(s.linked_anonymous_ids),
+        r and [r.reason, _t(r.since), str(r.revisit_on), _r(read(r.gained, now))],
+        _t(s.last_requeue_at), _t(s.last_touch_at), s.stage_touched, s.sla_escalated,
+    ]  # fmt: skip
 
 
 def _line(what: str, count: int, seconds: float) -> str:

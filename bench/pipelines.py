@@ -25,11 +25,12 @@ from aiokafka import AIOKafkaConsumer
 from events import BehaviourTracked, Rejection, decode
 from events.decode import InputEvent
 from events.topics import TopicNames
+from infra.leadstore import LEDGER_COLUMNS
 from infra.processes import ServiceError
 from scoring.engine import apply
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score, priority
-from scoring.state import ANON_PREFIX, LeadState
+from scoring.state import ANON_PREFIX, LeadState, decode_state, encode_state
 from workers.bots import BotFilter
 
 from .services import ROOT, Progress
@@ -145,15 +146,14 @@ ON CONFLICT (event_id, source) DO NOTHING RETURNING event_id"""
 _SAVE_LEAD = """
 INSERT INTO leads (lead_id, anonymous, stage, stage_since, fit_score, grade, behaviour_score,
                    priority, scored_at, rules_version, state)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::text::jsonb)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (lead_id) DO UPDATE SET stage = EXCLUDED.stage, stage_since = EXCLUDED.stage_since,
     fit_score = EXCLUDED.fit_score, grade = EXCLUDED.grade,
     behaviour_score = EXCLUDED.behaviour_score, priority = EXCLUDED.priority,
     scored_at = EXCLUDED.scored_at, state = EXCLUDED.state, updated_at = now()"""
-_LEDGER = """
-INSERT INTO score_ledger (entry_id, lead_id, event_id, rule_id, rules_version, kind,
-                          occurred_at, raw_points, points, detail)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb) ON CONFLICT DO NOTHING"""
+_LEDGER = f"""
+INSERT INTO score_ledger ({", ".join(LEDGER_COLUMNS)})
+VALUES ({", ".join(f"${i + 1}" for i in range(len(LEDGER_COLUMNS)))}) ON CONFLICT DO NOTHING"""
 _DEAD_LETTER = """
 INSERT INTO dead_letters (message_id, source_topic, partition, "offset", reason, error,
                           payload_size)
@@ -210,10 +210,8 @@ async def _naive_one(
         )
         if new is None or bot:
             return
-        text = await conn.fetchval(
-            "SELECT state::text FROM leads WHERE lead_id = $1 FOR UPDATE", subject
-        )
-        state = LeadState.model_validate_json(text) if text else LeadState.new(subject, now=now)
+        text = await conn.fetchval("SELECT state FROM leads WHERE lead_id = $1 FOR UPDATE", subject)
+        state = decode_state(text) if text else LeadState.new(subject, now=now)
         decision = apply(state, event, rules, now=now)
         s = decision.state
         await conn.execute(
@@ -228,27 +226,10 @@ async def _naive_one(
             priority(s, now, rules),
             now,
             s.rules_version or rules.version,
-            s.model_dump_json(),
+            encode_state(s),
         )
         if decision.ledger:
-            await conn.executemany(
-                _LEDGER,
-                [
-                    (
-                        e.entry_id,
-                        e.lead_id,
-                        e.event_id,
-                        e.rule_id,
-                        e.rules_version,
-                        e.kind,
-                        e.occurred_at,
-                        e.raw_points,
-                        e.points,
-                        e.model_dump_json(),
-                    )
-                    for e in decision.ledger
-                ],
-            )
+            await conn.executemany(_LEDGER, decision.ledger)
 
 
 async def naive_worker(

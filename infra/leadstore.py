@@ -10,14 +10,18 @@ transaction at a time, even before the lead's row exists.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime
 from typing import Any
 
 import asyncpg
 
+from scoring.decision import StageTransition
+from scoring.desk import Followup
 from scoring.ledger import LedgerEntry
+from scoring.rules import RuleSet
+from scoring.state import LeadState, encode_state
 
 
 @dataclass(frozen=True)
@@ -43,36 +47,8 @@ class LeadRow:
     excluded: bool
     exclusion_reason: str | None
     rules_version: str
-    state: str  # LeadState JSON
-
-
-@dataclass(frozen=True)
-class LedgerRow:
-    entry_id: str
-    lead_id: str
-    event_id: str
-    rule_id: str
-    rules_version: str
-    kind: str
-    occurred_at: datetime
-    raw_points: float
-    points: float
-    detail: str  # the whole ledger entry as JSON
-
-    @classmethod
-    def of(cls, e: LedgerEntry) -> LedgerRow:
-        return cls(
-            entry_id=e.entry_id,
-            lead_id=e.lead_id,
-            event_id=e.event_id,
-            rule_id=e.rule_id,
-            rules_version=e.rules_version,
-            kind=e.kind,
-            occurred_at=e.occurred_at,
-            raw_points=e.raw_points,
-            points=e.points,
-            detail=e.model_dump_json(),
-        )
+    stage_touched: bool
+    state: str  # the stored form of the lead's state (scoring.state.encode)
 
 
 @dataclass(frozen=True)
@@ -97,22 +73,66 @@ class PoolRow:
     requeued_at: datetime | None
 
 
-@dataclass
-class FollowupRow:
-    followup_id: str
-    lead_id: str
-    status: str
-    why_now: str
-    priority: float
-    due_at: datetime
-    assignee: str | None
-    sla_breached: bool
-    context: str  # JSON
-    version: int
-    created_at: datetime
-    updated_at: datetime
-    closed_at: datetime | None
-    closed_reason: str | None
+def lead_row(
+    s: LeadState,
+    merged_into: str | None,
+    behaviour: float,
+    priority: float,
+    rules: RuleSet,
+    now: datetime,
+) -> LeadRow:
+    """The ``leads`` row of a state: its stored form plus the columns lists and queries read."""
+    p = s.profile
+    return LeadRow(
+        lead_id=s.lead_id,
+        anonymous=s.anonymous,
+        merged_into=merged_into,
+        email=p.email,
+        company_name=p.company_name,
+        job_title=p.job_title,
+        industry=p.industry,
+        company_size=p.company_size,
+        country=p.country,
+        source=p.source,
+        owner=p.owner,
+        stage=s.stage,
+        stage_since=s.stage_since,
+        fit_score=s.fit_score,
+        grade=s.fit_grade,
+        behaviour_score=behaviour,
+        priority=priority,
+        scored_at=now,
+        excluded=s.excluded,
+        exclusion_reason=s.exclusion_reason,
+        rules_version=s.rules_version or rules.version,
+        stage_touched=s.stage_touched,
+        state=encode_state(s),
+    )
+
+
+def transition_rows(lead_id: str, transitions: Sequence[StageTransition]) -> list[TransitionRow]:
+    """Stage history rows; the id is deterministic (lead, cause, position, target), so a
+    replayed decision inserts nothing new."""
+    rows = []
+    for i, tr in enumerate(transitions):
+        cause = tr.event_id or f"sweep@{tr.at.isoformat()}"
+        rows.append(
+            TransitionRow(
+                transition_id=f"{lead_id}:{cause}:{i}:{tr.to_stage}",
+                lead_id=lead_id,
+                from_stage=tr.from_stage,
+                to_stage=tr.to_stage,
+                at=tr.at,
+                reason=tr.reason,
+                event_id=tr.event_id,
+                accepted=tr.accepted,
+            )
+        )
+    return rows
+
+
+#: A follow-up as stored: the desk's own object (scoring/desk.py) maps to the row one to one.
+FollowupRow = Followup
 
 
 JSON = "jsonb"
@@ -125,27 +145,33 @@ def _columns(cls: type) -> list[str]:
 async def _copy_upsert(
     conn: asyncpg.Connection,
     table: str,
-    cls: type,
-    rows: Sequence[Any],
+    cols: Sequence[str],
+    records: Sequence[tuple[Any, ...]],
     *,
     types: dict[str, str],
     conflict: str,
-) -> None:
-    """COPY ``rows`` into a temp staging table, then one INSERT ... SELECT ... ON CONFLICT."""
-    if not rows:
-        return
-    cols = _columns(cls)
+    returning: str = "",
+) -> list[asyncpg.Record]:
+    """COPY ``records`` (tuples in ``cols`` order) into a temp staging table, then one
+    INSERT ... SELECT ... ON CONFLICT (``RETURNING returning`` when given)."""
+    if not records:
+        return []
     stage = f"stage_{table}"
     # JSON travels as text through COPY and is cast once, in the INSERT.
     defs = ", ".join(f"{c} {types.get(c, 'text').replace(JSON, 'text')}" for c in cols)
     await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} ({defs}) ON COMMIT DELETE ROWS")
-    await conn.copy_records_to_table(
-        stage, records=[tuple(getattr(r, c) for c in cols) for r in rows], columns=cols
-    )
+    await conn.copy_records_to_table(stage, records=records, columns=list(cols))
     select = ", ".join(f"{c}::jsonb" if types.get(c) == JSON else c for c in cols)
-    await conn.execute(
-        f"INSERT INTO {table} ({', '.join(cols)}) SELECT {select} FROM {stage} {conflict}"
-    )
+    sql = f"INSERT INTO {table} ({', '.join(cols)}) SELECT {select} FROM {stage} {conflict}"
+    if returning:
+        return list(await conn.fetch(f"{sql} RETURNING {returning}"))
+    await conn.execute(sql)
+    return []
+
+
+def _records(cls: type, rows: Sequence[Any]) -> list[tuple[Any, ...]]:
+    cols = _columns(cls)
+    return [tuple(getattr(r, c) for c in cols) for r in rows]
 
 
 _LEAD_TYPES = {
@@ -157,7 +183,7 @@ _LEAD_TYPES = {
     "priority": "double precision",
     "scored_at": "timestamptz",
     "excluded": "boolean",
-    "state": JSON,
+    "stage_touched": "boolean",
 }
 
 
@@ -180,23 +206,37 @@ async def lock_subjects(conn: asyncpg.Connection, subjects: Iterable[str]) -> No
 
 
 async def load_states(
-    conn: asyncpg.Connection, lead_ids: Iterable[str], *, lock: bool = True
-) -> dict[str, tuple[str, str | None, str]]:
-    """``lead_id -> (state JSON, merged_into, row version)`` of existing leads.
+    conn: asyncpg.Connection,
+    lead_ids: Iterable[str],
+    *,
+    lock: bool = True,
+    known: Mapping[str, str] | None = None,
+) -> dict[str, tuple[str | None, str | None, str]]:
+    """``lead_id -> (stored state, merged_into, row version)`` of existing leads.
 
     With ``lock`` the subjects are locked for this transaction first (advisory, then
     ``FOR UPDATE``); without, this is a plain read whose versions :func:`lock_versions` checks
     later. The version is the row's ``xmin``: every committed update of the row changes it.
+    ``known`` maps leads the caller holds a decoded state of to that state's version: their
+    stored state comes back as None while the version still matches (nothing to decode).
     """
     ids = sorted(set(lead_ids))
     if not ids:
         return {}
     if lock:
         await lock_subjects(conn, ids)
+    cached = known or {}
+    have = [i for i in ids if i in cached]
     rows = await conn.fetch(
-        f"""SELECT lead_id, state::text AS state, merged_into, xmin::text AS version FROM leads
-            WHERE lead_id = ANY($1::text[]) ORDER BY lead_id{" FOR UPDATE" if lock else ""}""",
+        f"""SELECT l.lead_id, l.merged_into, l.xmin::text AS version,
+                   CASE WHEN k.version IS DISTINCT FROM l.xmin::text THEN l.state END AS state
+              FROM leads l
+              LEFT JOIN unnest($2::text[], $3::text[]) AS k(lead_id, version) USING (lead_id)
+             WHERE l.lead_id = ANY($1::text[])
+             ORDER BY l.lead_id{" FOR UPDATE OF l" if lock else ""}""",
         ids,
+        have,
+        [cached[i] for i in have],
     )
     return {r["lead_id"]: (r["state"], r["merged_into"], r["version"]) for r in rows}
 
@@ -215,16 +255,19 @@ async def lock_versions(conn: asyncpg.Connection, lead_ids: Iterable[str]) -> di
     return {r["lead_id"]: r["version"] for r in rows}
 
 
-async def save_leads(conn: asyncpg.Connection, rows: Sequence[LeadRow]) -> None:
+async def save_leads(conn: asyncpg.Connection, rows: Sequence[LeadRow]) -> dict[str, str]:
+    """Upsert the rows; returns each lead's new row version (see :func:`load_states`)."""
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _columns(LeadRow) if c != "lead_id")
-    await _copy_upsert(
+    written = await _copy_upsert(
         conn,
         "leads",
-        LeadRow,
-        rows,
+        _columns(LeadRow),
+        _records(LeadRow, rows),
         types=_LEAD_TYPES,
         conflict=f"ON CONFLICT (lead_id) DO UPDATE SET {updates}, updated_at = now()",
+        returning="lead_id, xmin::text AS version",
     )
+    return {r["lead_id"]: r["version"] for r in written}
 
 
 async def identity_links(conn: asyncpg.Connection, anonymous_ids: Iterable[str]) -> dict[str, str]:
@@ -262,42 +305,88 @@ async def link_identities(
         )
 
 
-async def anonymous_history(
-    conn: asyncpg.Connection, subject: str
-) -> list[tuple[str, str, datetime]]:
-    """The behaviour an anonymous subject was credited with: ``(payload JSON, qualified id,
-    time scored at)`` each, the id and time as the worker scored the event by and at."""
+async def anonymous_histories(
+    conn: asyncpg.Connection, subjects: Iterable[str]
+) -> dict[str, list[tuple[str, str, datetime]]]:
+    """The behaviour each anonymous subject was credited with, in one query: ``subject ->
+    [(payload JSON, qualified id, time scored at)]``, by the id and time the worker scored each
+    event by and at."""
+    wanted = sorted(set(subjects))
+    if not wanted:
+        return {}
     rows = await conn.fetch(
-        """SELECT payload::text AS payload, qualified_id, occurred_at FROM event_log
-            WHERE subject = $1 AND topic = 'events' AND disposition = 'accepted'
-            ORDER BY occurred_at, qualified_id""",
-        subject,
+        """SELECT subject, payload::text AS payload, qualified_id, occurred_at FROM event_log
+            WHERE subject = ANY($1::text[]) AND topic = 'events' AND disposition = 'accepted'
+            ORDER BY subject, occurred_at, qualified_id""",
+        wanted,
     )
-    return [(r["payload"], r["qualified_id"], r["occurred_at"]) for r in rows]
+    found: dict[str, list[tuple[str, str, datetime]]] = {s: [] for s in wanted}
+    for r in rows:
+        found[r["subject"]].append((r["payload"], r["qualified_id"], r["occurred_at"]))
+    return found
 
 
-async def insert_ledger(conn: asyncpg.Connection, rows: Sequence[LedgerRow]) -> None:
+async def record_resolutions(
+    conn: asyncpg.Connection, resolved: Sequence[tuple[str, str, str]]
+) -> None:
+    """Note ``(source, event_id, lead)``: the lead an email-only event was applied to."""
+    if resolved:
+        await conn.execute(
+            """UPDATE event_log e SET resolved_to = x.lead
+                 FROM unnest($1::text[], $2::text[], $3::text[]) AS x(source, event_id, lead)
+                WHERE e.source = x.source AND e.event_id = x.event_id""",
+            [r[0] for r in resolved],
+            [r[1] for r in resolved],
+            [r[2] for r in resolved],
+        )
+
+
+#: Ledger columns, in the order of :class:`LedgerEntry`'s fields (entries are the records).
+LEDGER_COLUMNS: tuple[str, ...] = LedgerEntry._fields
+LEDGER_TYPES = {
+    "occurred_at": "timestamptz",
+    "raw_points": "double precision",
+    "points": "double precision",
+    "decayed_points": "double precision",
+    "score_before": "double precision",
+    "score_after": "double precision",
+    "anchor": "timestamptz",
+    "half_life_days": "double precision",
+}
+
+
+async def insert_ledger(conn: asyncpg.Connection, entries: Sequence[LedgerEntry]) -> None:
     await _copy_upsert(
         conn,
         "score_ledger",
-        LedgerRow,
-        rows,
-        types={
-            "occurred_at": "timestamptz",
-            "raw_points": "double precision",
-            "points": "double precision",
-            "detail": JSON,
-        },
+        LEDGER_COLUMNS,
+        entries,
+        types=LEDGER_TYPES,
         conflict="ON CONFLICT (entry_id) DO NOTHING",
     )
+
+
+def ledger_entry(row: asyncpg.Record) -> LedgerEntry:
+    """A ledger entry from a row selected with :data:`LEDGER_COLUMNS`."""
+    return LedgerEntry(*(row[c] for c in LEDGER_COLUMNS))
+
+
+async def ledger_of(conn: asyncpg.Connection, lead_id: str) -> list[LedgerEntry]:
+    """A lead's ledger, in event-time order."""
+    rows = await conn.fetch(
+        f"""SELECT {", ".join(LEDGER_COLUMNS)} FROM score_ledger WHERE lead_id = $1
+             ORDER BY occurred_at, entry_id""",
+        lead_id,
+    )
+    return [ledger_entry(r) for r in rows]
 
 
 async def insert_transitions(conn: asyncpg.Connection, rows: Sequence[TransitionRow]) -> None:
     await _copy_upsert(
         conn,
         "stage_transitions",
-        TransitionRow,
-        rows,
+        _columns(TransitionRow),
+        _records(TransitionRow, rows),
         types={"at": "timestamptz", "accepted": "boolean"},
         conflict="ON CONFLICT (transition_id) DO NOTHING",
     )
@@ -314,8 +403,8 @@ async def sync_recycle_pool(
     await _copy_upsert(
         conn,
         "recycle_pool",
-        PoolRow,
-        members,
+        _columns(PoolRow),
+        _records(PoolRow, members),
         types={"since": "timestamptz", "revisit_on": "date", "requeued_at": "timestamptz"},
         conflict="""ON CONFLICT (lead_id) DO UPDATE SET reason = EXCLUDED.reason,
                     since = EXCLUDED.since, revisit_on = EXCLUDED.revisit_on,
@@ -355,8 +444,8 @@ async def save_followups(conn: asyncpg.Connection, rows: Sequence[FollowupRow]) 
     await _copy_upsert(
         conn,
         "followups",
-        FollowupRow,
-        rows,
+        _columns(FollowupRow),
+        _records(FollowupRow, rows),
         types={
             "priority": "double precision",
             "due_at": "timestamptz",
@@ -411,7 +500,7 @@ async def sweep_candidates(
         """SELECT l.lead_id FROM leads l LEFT JOIN recycle_pool p USING (lead_id)
             WHERE NOT l.anonymous AND NOT l.excluded AND l.merged_into IS NULL
               AND (   (l.stage IN ('mql', 'appointment', 'opportunity')
-                       AND NOT coalesce((l.state->>'stage_touched')::boolean, false)
+                       AND NOT l.stage_touched
                        AND l.stage_since
                            < $1::timestamptz - make_interval(secs => $3::float8 * 3600))
                    OR (l.stage = 'recycled' AND p.revisit_on <= $2::date

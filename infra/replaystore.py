@@ -15,8 +15,9 @@ from datetime import datetime
 
 import asyncpg
 
-from infra.leadstore import LedgerRow
-from scoring.state import event_key
+from infra.leadstore import LEDGER_COLUMNS, LEDGER_TYPES
+from scoring.ledger import LedgerEntry
+from scoring.state import legacy_event_key
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class ScoreRow:
     priority: float
     scored_at: datetime
     rules_version: str
-    state: str  # LeadState JSON
+    state: str  # the stored form (scoring.state.encode)
 
 
 async def count_events(conn: asyncpg.Connection) -> int:
@@ -63,33 +64,39 @@ async def identify_assignments(conn: asyncpg.Connection) -> dict[str, str]:
     """qualified event id -> lead, for ``identify`` (and signed ``unsubscribe``) events that
     carried an email but no lead id.
 
-    The worker sent such an event to the oldest lead with that email *at the time*, which the
-    log does not record; the lead whose state holds the event's digest is the one it chose.
+    The worker sent such an event to the lead with that email *at the time*; it notes which
+    in the event's ``resolved_to``. Events logged before that column existed (migration 0006)
+    are found the way earlier versions did: the lead whose state, still in the first stored
+    format, lists the event's digest.
     """
     found = await conn.fetch(
-        """SELECT qualified_id AS event_id, payload->>'email' AS email FROM event_log
+        """SELECT qualified_id AS event_id, payload->>'email' AS email, resolved_to
+             FROM event_log
             WHERE topic = 'events' AND type IN ('identify', 'unsubscribe') AND lead_id IS NULL
               AND disposition = 'accepted' AND payload->>'email' IS NOT NULL"""
     )
-    if not found:
-        return {}
+    out = {r["event_id"]: r["resolved_to"] for r in found if r["resolved_to"] is not None}
+    legacy = [r for r in found if r["resolved_to"] is None]
+    if not legacy:
+        return out
     rows = await conn.fetch(
         """SELECT x.event_id, l.lead_id
              FROM unnest($1::text[], $2::text[], $3::text[]) AS x(event_id, email, key)
              JOIN leads l ON l.email = x.email AND NOT l.anonymous
-                         AND l.state->'applied' ? x.key""",
-        [r["event_id"] for r in found],
-        [r["email"] for r in found],
-        [event_key(r["event_id"]) for r in found],
+                         AND l.state::jsonb->'applied' ? x.key""",
+        [r["event_id"] for r in legacy],
+        [r["email"] for r in legacy],
+        [legacy_event_key(r["event_id"]) for r in legacy],
     )
-    return {r["event_id"]: r["lead_id"] for r in rows}
+    out.update({r["event_id"]: r["lead_id"] for r in rows})
+    return out
 
 
 async def recycled_leads(conn: asyncpg.Connection) -> set[str]:
     """Leads whose state carries recycle information (their ``gained`` is rebuilt)."""
     rows = await conn.fetch(
         """SELECT lead_id FROM leads
-            WHERE merged_into IS NULL AND jsonb_typeof(state->'recycle') = 'object'"""
+            WHERE merged_into IS NULL AND jsonb_typeof(state::jsonb->'recycle') = 'object'"""
     )
     return {r["lead_id"] for r in rows}
 
@@ -99,8 +106,7 @@ async def stored_states(
 ) -> AsyncIterator[list[asyncpg.Record]]:
     """``(lead_id, state)`` of every lead and unmerged anonymous visitor, in pages."""
     cursor = await conn.cursor(
-        """SELECT lead_id, state::text AS state FROM leads
-            WHERE merged_into IS NULL ORDER BY lead_id"""
+        """SELECT lead_id, state FROM leads WHERE merged_into IS NULL ORDER BY lead_id"""
     )
     while rows := await cursor.fetch(page):
         yield rows
@@ -145,43 +151,21 @@ async def write_scores(conn: asyncpg.Connection, rows: Sequence[ScoreRow]) -> No
         """UPDATE leads l SET fit_score = s.fit_score, grade = s.grade,
                   behaviour_score = s.behaviour_score, priority = s.priority,
                   scored_at = s.scored_at, rules_version = s.rules_version,
-                  state = s.state::jsonb, updated_at = now()
+                  state = s.state, updated_at = now()
              FROM replay_scores s WHERE l.lead_id = s.lead_id"""
     )
 
 
-_LEDGER_COLUMNS = (
-    "entry_id, lead_id, event_id, rule_id, rules_version, kind, occurred_at, raw_points, "
-    "points, detail"
-)
+_LEDGER_COLUMNS = ", ".join(LEDGER_COLUMNS)
 
 
-async def stage_ledger(conn: asyncpg.Connection, rows: Sequence[LedgerRow]) -> None:
+async def stage_ledger(conn: asyncpg.Connection, entries: Sequence[LedgerEntry]) -> None:
     """Add replayed ledger entries to this transaction's staging table (created on first use)."""
-    await conn.execute(
-        """CREATE TEMP TABLE IF NOT EXISTS replay_ledger (entry_id text, lead_id text,
-               event_id text, rule_id text, rules_version text, kind text,
-               occurred_at timestamptz, raw_points float8, points float8, detail text)
-               ON COMMIT DROP"""
-    )
-    if rows:
+    defs = ", ".join(f"{c} {LEDGER_TYPES.get(c, 'text')}" for c in LEDGER_COLUMNS)
+    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS replay_ledger ({defs}) ON COMMIT DROP")
+    if entries:
         await conn.copy_records_to_table(
-            "replay_ledger",
-            records=[
-                (
-                    r.entry_id,
-                    r.lead_id,
-                    r.event_id,
-                    r.rule_id,
-                    r.rules_version,
-                    r.kind,
-                    r.occurred_at,
-                    r.raw_points,
-                    r.points,
-                    r.detail,
-                )
-                for r in rows
-            ],
+            "replay_ledger", records=entries, columns=list(LEDGER_COLUMNS)
         )
 
 
@@ -206,9 +190,7 @@ async def replace_ledger(
     )
     status = await conn.execute(
         f"""INSERT INTO score_ledger ({_LEDGER_COLUMNS})
-            SELECT entry_id, lead_id, event_id, rule_id, rules_version, kind, occurred_at,
-                   raw_points, points, detail::jsonb
-              FROM replay_ledger WHERE lead_id = ANY($1::text[])""",
+            SELECT {_LEDGER_COLUMNS} FROM replay_ledger WHERE lead_id = ANY($1::text[])""",
         ids,
     )
     return int(archived), int(status.split()[-1])

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         default=Path("rules/default.toml"), description="scoring rule set (TOML)"
     )
     batch_size: int = Field(default=2000, ge=1, description="max events per batch transaction")
+    state_cache: int = Field(
+        default=20_000,
+        ge=0,
+        description="decoded lead states a worker keeps between batches (0: none)",
+    )
     batch_within: float = Field(
         default=0.25, gt=0, description="seconds a poll waits for input when none has arrived"
     )

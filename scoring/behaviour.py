@@ -76,12 +76,12 @@ def window_start(at: datetime, days: int, calendar: Calendar) -> date:
 
 
 def credit(
-    caps: dict[str, tuple[float, float]],
+    caps: dict[str, list[float]],
     rule: BehaviourRule,
     event: BehaviourTracked,
     rules: RuleSet,
 ) -> Credit:
-    """What ``rule`` credits for ``event``; updates ``caps`` (a working copy) in place."""
+    """What ``rule`` credits for ``event``; updates ``caps`` (the lead's working state)."""
     half_life = rules.behaviour.half_life(rule)
     if rule.cap is None:
         return Credit(rule, rule.points, rule.points, event.occurred_at, half_life)
@@ -92,29 +92,29 @@ def credit(
         anchor = datetime.combine(start, time(0), rules.calendar.zone)
         window = windows[(rule.id, start)] = (f"{rule.id}@{start.isoformat()}", anchor)
     key, anchor = window
-    raw, credited = caps.get(key, (0.0, 0.0))
-    raw += rule.points
-    now_credited = max(-rule.cap, min(rule.cap, raw))
-    caps[key] = (raw, now_credited)
-    return Credit(rule, rule.points, now_credited - credited, anchor, half_life)
+    bucket = caps.get(key)
+    if bucket is None:
+        bucket = caps[key] = [0.0, 0.0]
+    credited = bucket[1]
+    bucket[0] += rule.points
+    bucket[1] = max(-rule.cap, min(rule.cap, bucket[0]))
+    return Credit(rule, rule.points, bucket[1] - credited, anchor, half_life)
 
 
-def prune_caps(
-    caps: dict[str, tuple[float, float]], decay: tuple[DecayGroup, ...], rules: RuleSet
-) -> dict[str, tuple[float, float]]:
-    """``caps`` without windows too old to matter (older than ``forget_after_half_lives``
-    half-lives before the newest anchor of ``decay``), sorted by key.
+def prune_caps(caps: dict[str, list[float]], decay: list[DecayGroup], rules: RuleSet) -> None:
+    """Drop from ``caps`` (in place) windows too old to matter: older than
+    ``forget_after_half_lives`` half-lives before the newest anchor of ``decay``.
 
     A late event landing in a pruned window is credited again up to the cap, but its worth is
     below ``cap * 2 ** -forget_after_half_lives`` of the cap: the bound on order-dependence.
     """
     ref = newest(decay)
-    if ref is None:
-        return caps
+    if ref is None or not caps:
+        return
     windows = memo_for(rules, "cap_windows")
     cutoffs: dict[timedelta, datetime] = {}  # ref - horizon, per horizon
-    keep = {}
-    for key, value in caps.items():
+    gone = []
+    for key in caps:
         window = windows.get(key)
         if window is None:
             window = windows[key] = _cap_window(key, rules)
@@ -122,9 +122,10 @@ def prune_caps(
         cutoff = cutoffs.get(horizon)
         if cutoff is None:
             cutoff = cutoffs[horizon] = ref - horizon
-        if start >= cutoff:
-            keep[key] = value
-    return dict(sorted(keep.items()))
+        if start < cutoff:
+            gone.append(key)
+    for key in gone:
+        del caps[key]
 
 
 def _cap_window(key: str, rules: RuleSet) -> tuple[datetime, timedelta]:
@@ -149,18 +150,18 @@ def label(event: BehaviourTracked) -> str | None:
 
 
 def remember(
-    activities: tuple[Activity, ...], event: BehaviourTracked, points: float, keep: int
-) -> tuple[Activity, ...]:
-    """``activities`` with ``event`` added, keeping the ``keep`` newest by event time."""
-    item = Activity(
-        event_id=event.event_id,
-        type=event.type,
-        at=event.occurred_at,
-        label=label(event),
-        points=points,
-    )
+    activities: list[Activity], event: BehaviourTracked, points: float, keep: int
+) -> None:
+    """Add ``event`` to ``activities`` (in place), keeping the ``keep`` newest by event time."""
+    item = Activity(event.event_id, event.type, event.occurred_at, label(event), points)
     if not activities or (item.at, item.event_id) > (activities[0].at, activities[0].event_id):
         # The usual case: the newest event so far goes first (``activities`` is kept sorted).
-        return (item, *activities)[:keep]
-    ordered = sorted((*activities, item), key=lambda a: (a.at, a.event_id), reverse=True)
-    return tuple(ordered[:keep])
+        activities.insert(0, item)
+    else:
+        activities.append(item)
+        activities.sort(key=_when, reverse=True)
+    del activities[keep:]
+
+
+def _when(a: Activity) -> tuple[datetime, str]:
+    return (a.at, a.event_id)

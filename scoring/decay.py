@@ -21,22 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from datetime import datetime
-from operator import attrgetter
 
-from pydantic import BaseModel, ConfigDict
+from scoring.state import DecayGroup
 
 _SECONDS_PER_DAY = 86_400.0
-_HALF_LIFE = attrgetter("half_life_days")
 
-
-class DecayGroup(BaseModel):
-    """All contributions with one half-life: worth ``value`` at ``ref``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    half_life_days: float
-    ref: datetime
-    value: float
+__all__ = ["DecayGroup", "add", "factor", "newest", "newest_of", "read", "worth"]
 
 
 def factor(later: datetime, earlier: datetime, half_life_days: float) -> float:
@@ -47,60 +37,32 @@ def factor(later: datetime, earlier: datetime, half_life_days: float) -> float:
     return math.pow(2.0, -seconds / (half_life_days * _SECONDS_PER_DAY))
 
 
-def add(
-    groups: tuple[DecayGroup, ...], half_life_days: float, anchor: datetime, points: float
-) -> tuple[DecayGroup, ...]:
-    """``groups`` with ``points`` anchored at ``anchor`` added (zero points change nothing)."""
+def add(groups: list[DecayGroup], half_life_days: float, anchor: datetime, points: float) -> None:
+    """Add ``points`` anchored at ``anchor`` to ``groups`` in place (kept sorted by half-life;
+    zero points change nothing)."""
     if points == 0:
-        return groups
-    out = []
-    found = False
+        return
     for group in groups:
         if group.half_life_days != half_life_days:
-            out.append(group)
             continue
-        found = True
         if anchor > group.ref:
-            value = group.value * factor(anchor, group.ref, half_life_days) + points
-            out.append(DecayGroup(half_life_days=half_life_days, ref=anchor, value=value))
+            group.value = group.value * factor(anchor, group.ref, half_life_days) + points
+            group.ref = anchor
         else:
-            value = group.value + points * factor(group.ref, anchor, half_life_days)
-            out.append(DecayGroup(half_life_days=half_life_days, ref=group.ref, value=value))
-    if not found:
-        out.append(DecayGroup(half_life_days=half_life_days, ref=anchor, value=points))
-    out.sort(key=_HALF_LIFE)
-    return tuple(out)
+            group.value += points * factor(group.ref, anchor, half_life_days)
+        return
+    groups.append(DecayGroup(half_life_days, anchor, points))
+    if len(groups) > 1:
+        groups.sort(key=_half_life)
+
+
+def _half_life(group: DecayGroup) -> float:
+    return group.half_life_days
 
 
 def read(groups: Iterable[DecayGroup], at: datetime) -> float:
-    """The total worth of ``groups`` at ``at``.
-
-    Readings of tuples are remembered by the identity of the tuple and of ``at``: one event
-    reads the same groups at the same ``now`` several times (its ledger entries, the MQL
-    check, the worker's stored scores), and a lead's next event in the same batch starts from
-    them again. Both are immutable and kept referenced while remembered, so an id is never
-    reused; ``at`` must be the very same object, as equal datetimes in different time zones
-    may subtract differently.
-    """
-    if not isinstance(groups, tuple):
-        return _read(groups, at)
-    key = id(groups)
-    last = _READINGS.get(key)
-    if last is not None and last[0] is groups and last[1] is at:
-        return last[2]
-    value = _read(groups, at)
-    if len(_READINGS) >= _MAX_READINGS:
-        _READINGS.clear()
-    _READINGS[key] = (groups, at, value)
-    return value
-
-
-def _read(groups: Iterable[DecayGroup], at: datetime) -> float:
+    """The total worth of ``groups`` at ``at``."""
     return math.fsum(g.value * factor(at, g.ref, g.half_life_days) for g in groups)
-
-
-_MAX_READINGS = 10_000
-_READINGS: dict[int, tuple[tuple[DecayGroup, ...], datetime, float]] = {}
 
 
 def worth(

@@ -70,12 +70,12 @@ class FollowupDecision(_Value):
     context: FollowupContext
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decision:
     """The outcome of applying one event (or a sweep) to a lead's state.
 
     Attributes:
-        state: the new state (the same object when nothing changed).
+        state: the lead's state, changed in place (the fold's working object).
         ledger: one entry per rule that scored the event.
         transitions: stage changes, including refused ones (``accepted=False``).
         recycle: set when the lead was recycled: publish a nurture enrollment.
@@ -84,57 +84,69 @@ class Decision:
             or the lead left the call list: recycled, disqualified).
         excluded: the lead is excluded for good: remove it from every list.
         duplicate: the event was applied before; nothing changed.
+        changed: the state changed (else nothing needs writing).
+        stage: the lead's stage right after this decision.
     """
 
     state: LeadState
-    ledger: tuple[LedgerEntry, ...] = ()
-    transitions: tuple[StageTransition, ...] = ()
-    recycle: RecycleDecision | None = None
-    followup: FollowupDecision | None = None
-    close_followup: bool = False
-    excluded: bool = False
-    duplicate: bool = False
-
-
-@dataclass
-class Draft:
-    """A decision being built: the working state plus everything decided so far.
-
-    Changes to the state are collected by :meth:`update` and applied when the state is next
-    read, so that a run of updates costs one copy of the (frozen) state, not one each.
-    """
-
-    original: LeadState
-    rules: RuleSet
-    now: datetime
-    event_id: str | None = None
     ledger: list[LedgerEntry] = field(default_factory=list)
     transitions: list[StageTransition] = field(default_factory=list)
     recycle: RecycleDecision | None = None
     followup: FollowupDecision | None = None
     close_followup: bool = False
-    _state: LeadState = field(init=False)
-    _pending: dict[str, Any] = field(init=False, default_factory=dict)
+    excluded: bool = False
+    duplicate: bool = False
+    changed: bool = False
+    stage: str = ""
 
     def __post_init__(self) -> None:
-        self._state = self.original
+        if not self.stage:
+            self.stage = self.state.stage
 
-    @property
-    def state(self) -> LeadState:
-        """The working state, with every update so far."""
-        if self._pending:
-            self._state = self._state.replaced(self._pending)
-            self._pending = {}
-        return self._state
+
+class Draft:
+    """A decision being built: the working state (changed in place) plus what was decided."""
+
+    __slots__ = (
+        "changed",
+        "close_followup",
+        "event_id",
+        "followup",
+        "ledger",
+        "now",
+        "recycle",
+        "rules",
+        "state",
+        "transitions",
+    )
+
+    def __init__(
+        self, state: LeadState, rules: RuleSet, now: datetime, *, event_id: str | None = None
+    ) -> None:
+        self.state = state
+        self.rules = rules
+        self.now = now
+        self.event_id = event_id
+        self.ledger: list[LedgerEntry] = []
+        self.transitions: list[StageTransition] = []
+        self.recycle: RecycleDecision | None = None
+        self.followup: FollowupDecision | None = None
+        self.close_followup = False
+        self.changed = False
 
     def update(self, **changes: Any) -> None:
-        """Replace fields of the working state."""
-        self._pending.update(changes)
+        """Set fields of the working state (noting whether any value changed)."""
+        state = self.state
+        for key, value in changes.items():
+            if getattr(state, key) != value:
+                setattr(state, key, value)
+                self.changed = True
 
     def move(self, to: Stage, *, at: datetime, reason: str) -> None:
         """Move the lead to stage ``to`` (recorded as an accepted transition)."""
         self._record(to, at=at, reason=reason, accepted=True)
         self.update(stage=to, stage_since=at, stage_touched=False, sla_escalated=False)
+        self.changed = True
 
     def refuse(self, to: Stage, *, at: datetime, reason: str) -> None:
         """Record a transition to ``to`` that was refused; the lead stays where it is."""
@@ -153,29 +165,23 @@ class Draft:
         )
 
     def finish(self) -> Decision:
-        """The decision, with the state stamped with the rule-set version and ``now``.
+        """The decision; a changed state is stamped with the rule-set version and ``now``.
 
-        When nothing changed, the original state object is returned untouched, so the worker can
-        skip writing it.
+        When nothing changed, the decision says so (``changed=False``) and carries nothing
+        else, so the worker can skip writing the lead.
         """
         state = self.state
-        if _same(state, self.original) and not (self.followup or self.recycle):
-            return Decision(state=self.original, excluded=self.original.excluded)
-        if state.rules_version != self.rules.version or state.updated_at is not self.now:
-            self.update(rules_version=self.rules.version, updated_at=self.now)
+        if not self.changed and not (self.followup or self.recycle):
+            return Decision(state=state, excluded=state.excluded)
+        state.rules_version = self.rules.version
+        state.updated_at = self.now
         return Decision(
-            state=self.state,
-            ledger=tuple(self.ledger),
-            transitions=tuple(self.transitions),
+            state=state,
+            ledger=self.ledger,
+            transitions=self.transitions,
             recycle=self.recycle,
-            followup=None if self.state.excluded else self.followup,
+            followup=None if state.excluded else self.followup,
             close_followup=self.close_followup,
-            excluded=self.state.excluded,
+            excluded=state.excluded,
+            changed=True,
         )
-
-
-def _same(a: LeadState, b: LeadState) -> bool:
-    """``a == b``, cheaply: the fields a draft did not touch are the very same objects, which a
-    dict comparison skips without comparing them; ``applied`` differs after every applied
-    event and is the quickest field to tell so."""
-    return a is b or (a.applied == b.applied and vars(a) == vars(b))

@@ -68,9 +68,10 @@ def evaluate_fit(profile: Profile, fit: Fit) -> tuple[FitPart, ...]:
     costly part, and the same profiles, titles and industries come back on every event.
     """
     by_profile = memo_for(fit, "profile")
-    found: tuple[FitPart, ...] | None = by_profile.get(profile)
+    key = profile.fit_key()
+    found: tuple[FitPart, ...] | None = by_profile.get(key)
     if found is None:
-        found = by_profile[profile] = _evaluate(profile, fit)
+        found = by_profile[key] = _evaluate(profile, fit)
     return found
 
 
@@ -162,10 +163,11 @@ def exclusion_match(profile: Profile, rules: RuleSet) -> ExclusionRule | None:
     if not exclusion.rules:
         return None
     by_profile = memo_for(exclusion, "profile")
-    if profile in by_profile:
-        found: ExclusionRule | None = by_profile[profile]
+    key = profile.exclusion_key()
+    if key in by_profile:
+        found: ExclusionRule | None = by_profile[key]
         return found
-    found = by_profile[profile] = _exclusion_of(profile, exclusion)
+    found = by_profile[key] = _exclusion_of(profile, exclusion)
     return found
 
 

@@ -10,7 +10,7 @@ filtering happen before, outside ``scoring/``.
 
 :func:`rescore` takes the *scoring* part of a replayed state (fit, decay accumulators, caps,
 recent activities, rule-set version) and puts it on the stored state, whose lifecycle facts
-(stage, BANT, recycle, follow-up clock, profile, applied events) the worker decided at
+(stage, BANT, recycle, follow-up clock, profile, event count) the worker decided at
 processing time and a replay cannot re-decide: a fold judges every threshold at one ``now``.
 """
 
@@ -68,6 +68,8 @@ class Fold:
         self.assigned: Mapping[str, str] = assigned or {}
         #: ``anon:<id>`` subject -> the lead its history was stitched into.
         self.merged: dict[str, str] = {}
+        #: Ids of the events applied (the worker's event log plays this part).
+        self.seen: set[str] = set()
         self._history: dict[str, list[BehaviourTracked]] = defaultdict(list)
 
     def subject(self, event: Event) -> str:
@@ -86,6 +88,9 @@ class Fold:
         apply). A duplicate event id yields a decision with ``duplicate=True``."""
         subject = self.subject(event)
         state = self.states.get(subject) or LeadState.new(subject, now=self.now)
+        if event.event_id in self.seen:
+            return [Decision(state=state, excluded=state.excluded, duplicate=True)]
+        self.seen.add(event.event_id)
         decisions = []
         if (
             isinstance(event, BehaviourTracked)
@@ -119,17 +124,17 @@ class Fold:
         return {k: v for k, v in self.states.items() if not v.anonymous}
 
 
-def gained_since(entries: Iterable[LedgerEntry], since: datetime) -> tuple[DecayGroup, ...]:
+def gained_since(entries: Iterable[LedgerEntry], since: datetime) -> list[DecayGroup]:
     """The decay accumulators of the behaviour credited by events at or after ``since``.
 
     What :class:`~scoring.state.RecycleInfo` ``gained`` holds, rebuilt from a lead's ledger: a
     replay credits every event that occurred since the recycle, including one that reached
     the worker before its recycle outcome (which the worker could not count).
     """
-    groups: tuple[DecayGroup, ...] = ()
+    groups: list[DecayGroup] = []
     for e in entries:
         if e.kind == "behaviour" and e.occurred_at >= since and e.anchor and e.half_life_days:
-            groups = add(groups, e.half_life_days, e.anchor, e.points)
+            add(groups, e.half_life_days, e.anchor, e.points)
     return groups
 
 
@@ -138,7 +143,7 @@ def rescore(
     replayed: LeadState,
     *,
     now: datetime,
-    gained: tuple[DecayGroup, ...] | None = None,
+    gained: list[DecayGroup] | None = None,
 ) -> LeadState:
     """``stored`` with the scoring part of ``replayed``; lifecycle facts stay as stored.
 
@@ -149,17 +154,20 @@ def rescore(
         gained: the rebuilt ``recycle.gained`` (see :func:`gained_since`); ignored when the
             stored lead was never recycled.
     """
-    update: dict[str, object] = {f: getattr(replayed, f) for f in SCORING_FIELDS}
-    if stored.recycle is not None and gained is not None:
-        update["recycle"] = stored.recycle.model_copy(update={"gained": gained})
-    update["updated_at"] = now
-    return stored.model_copy(update=update)
+    new = stored.copy()
+    scoring = replayed.copy()
+    for f in SCORING_FIELDS:
+        setattr(new, f, getattr(scoring, f))
+    if new.recycle is not None and gained is not None:
+        new.recycle.gained = gained
+    new.updated_at = now
+    return new
 
 
 def same_scoring(a: LeadState, b: LeadState) -> bool:
     """Whether two states of one lead agree on every scoring field (exactly)."""
-    gained_a = a.recycle.gained if a.recycle else ()
-    gained_b = b.recycle.gained if b.recycle else ()
+    gained_a = a.recycle.gained if a.recycle else []
+    gained_b = b.recycle.gained if b.recycle else []
     return gained_a == gained_b and all(getattr(a, f) == getattr(b, f) for f in SCORING_FIELDS)
 
 

@@ -12,18 +12,14 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict
+from typing import Literal, NamedTuple
 
 from scoring.decay import factor
 from scoring.rules import RuleSet
 
 
-class LedgerEntry(BaseModel):
+class LedgerEntry(NamedTuple):
     """Why a score changed: one rule, one event, one lead."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     #: ``<lead id>:<event id>:<rule id>``: unique and stable across replays and stitching.
     entry_id: str
@@ -37,14 +33,14 @@ class LedgerEntry(BaseModel):
     raw_points: float
     #: Points credited after caps (behaviour) or the change in fit points (fit).
     points: float
-    #: Behaviour only: the time ``points`` decay from (event time, or cap window start).
-    anchor: datetime | None = None
-    half_life_days: float | None = None
     #: ``points`` decayed to the decision's ``now``.
     decayed_points: float
     #: The fit score, or the raw (unfloored) behaviour score at ``now``, around this entry.
     score_before: float
     score_after: float
+    #: Behaviour only: the time ``points`` decay from (event time, or cap window start).
+    anchor: datetime | None = None
+    half_life_days: float | None = None
 
 
 def entry_id(lead_id: str, event_id: str, rule_id: str) -> str:

@@ -173,6 +173,7 @@ class Runtime(Service):
             rules,
             self.settings.topics,
             Assignment(self.settings.rep_list, self.settings.rep_daily_capacity),
+            cache_size=self.settings.state_cache,
         )
         self.ingestor = Ingestor(
             self.pool,
@@ -182,6 +183,8 @@ class Runtime(Service):
             bots=BotFilter(self.settings.bot_pattern or DEFAULT_BOT_PATTERN),
             apply=self.processor.apply_events,
             max_future_skew=self.settings.max_future_skew,
+            committed=self.processor.committed,
+            aborted=self.processor.aborted,
         )
 
     async def on_stop(self) -> None:

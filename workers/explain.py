@@ -8,31 +8,23 @@ from typing import Any
 
 import asyncpg
 
+from infra import leadstore
 from scoring.intake import split
 from scoring.ledger import LedgerEntry, score_from_ledger
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score, priority
-from scoring.state import LeadState
+from scoring.state import LeadState, decode_state
 from workers.render import printable_tree
 
 
 async def explain_lead(
     conn: asyncpg.Connection, lead_id: str, rules: RuleSet, *, at: datetime
 ) -> dict[str, Any] | None:
-    row = await conn.fetchrow(
-        "SELECT state::text AS state, merged_into FROM leads WHERE lead_id = $1", lead_id
-    )
+    row = await conn.fetchrow("SELECT state, merged_into FROM leads WHERE lead_id = $1", lead_id)
     if row is None:
         return None
-    state = LeadState.model_validate_json(row["state"])
-    ledger = [
-        LedgerEntry.model_validate_json(r["detail"])
-        for r in await conn.fetch(
-            """SELECT detail::text AS detail FROM score_ledger WHERE lead_id = $1
-                ORDER BY occurred_at, entry_id""",
-            lead_id,
-        )
-    ]
+    state = decode_state(row["state"])
+    ledger = await leadstore.ledger_of(conn, lead_id)
     history = await conn.fetch(
         """SELECT from_stage, to_stage, at, reason, event_id, accepted FROM stage_transitions
             WHERE lead_id = $1 ORDER BY at, transition_id""",
@@ -53,15 +45,13 @@ async def explain_lead(
         "rules_version": state.rules_version,
         "stage": state.stage,
         "stage_since": state.stage_since.isoformat(),
-        "profile": state.profile.model_dump(),
+        "profile": state.profile.as_dict(),
         "fit_score": state.fit_score,
         "grade": state.fit_grade,
         "behaviour_score": behaviour,
         "priority": priority(state, at, rules),
         "excluded": state.exclusion_reason if state.excluded else None,
-        "recycle": state.recycle.model_dump(mode="json", exclude={"gained"})
-        if state.recycle
-        else None,
+        "recycle": _recycle(state),
         "unknown_bant": state.unknown_bant(),
         "reproduced_from_ledger": {
             "fit_score": fit_ledger,
@@ -96,11 +86,25 @@ async def _stated_times(conn: asyncpg.Connection, qualified_ids: set[str]) -> di
 def _entry(entry: LedgerEntry, stated: datetime | None) -> dict[str, Any]:
     """A ledger entry for the view: with the producer's own event id and its source, and the
     stated time of an event scored at another time (``occurred_at`` is the time used)."""
-    doc = entry.model_dump(mode="json")
+    doc = {
+        k: v.isoformat() if isinstance(v, datetime) else v for k, v in entry._asdict().items()
+    }
     source, doc["producer_event_id"] = split(entry.event_id)
     doc["source"] = source
     doc["stated_occurred_at"] = stated.isoformat() if stated is not None else None
     return doc
+
+
+def _recycle(state: LeadState) -> dict[str, Any] | None:
+    r = state.recycle
+    if r is None:
+        return None
+    return {
+        "reason": r.reason,
+        "since": r.since.isoformat(),
+        "revisit_on": r.revisit_on.isoformat() if r.revisit_on else None,
+        "track": r.track,
+    }
 
 
 def render_explanation(doc: dict[str, Any]) -> str:

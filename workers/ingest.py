@@ -103,6 +103,8 @@ class Ingestor:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_backoff: float = 5.0,
         max_future_skew: float = 300.0,
+        committed: Callable[[], None] = lambda: None,
+        aborted: Callable[[], None] = lambda: None,
     ) -> None:
         self.pool = pool
         self.topics = topics
@@ -114,6 +116,10 @@ class Ingestor:
         self.max_backoff = max_backoff
         #: An ``occurred_at`` further ahead of its receive time is scored at the receive time.
         self.max_future_skew = timedelta(seconds=max_future_skew)
+        #: Told after each batch transaction commits, or rolls back (the scoring step keeps
+        #: the states it wrote for the next batch only once they are committed).
+        self.committed = committed
+        self.aborted = aborted
         #: The previous batch's publish, still running while this batch is processed.
         self._publishing: asyncio.Future[None] | None = None
 
@@ -184,6 +190,28 @@ class Ingestor:
         now = self.clock()
         rows = [self._log_row(msg, event, now) for msg, event in accepted]
         letters = [self._dead_letter(msg, why, now) for msg, why in rejected]
+        try:
+            new_letters, seen, outputs, ids = await self._transaction(
+                rows, letters, accepted, now
+            )
+        except BaseException:
+            self.aborted()
+            raise
+        self.committed()
+        report.new_events = len(seen)
+        report.duplicates = len(rows) - len(seen)
+        report.bots = sum(1 for r in rows if r.key in seen and r.disposition == "bot")
+        report.dead_letters = new_letters
+        return ids, outputs
+
+    async def _transaction(
+        self,
+        rows: list[LoggedEvent],
+        letters: list[tuple[DeadLetterRow, OutboxRecord]],
+        accepted: Sequence[tuple[Incoming, InputEvent]],
+        now: datetime,
+    ) -> tuple[int, set[tuple[str, str]], list[OutboxRecord], list[int]]:
+        """The batch's transaction: ``(new dead letters, keys of new events, outputs, outbox ids)``."""
         async with self.pool.acquire() as conn, conn.transaction():
             new_keys = await store.log_events(conn, rows)
             new_letters = await store.record_dead_letters(conn, [row for row, _ in letters])
@@ -198,11 +226,7 @@ class Ingestor:
             outputs = await self.apply(conn, fresh, now)
             outputs = [record for _, record in letters] + outputs
             ids = await store.add_outbox(conn, outputs)
-        report.new_events = len(seen)
-        report.duplicates = len(rows) - len(seen)
-        report.bots = sum(1 for r in rows if r.key in seen and r.disposition == "bot")
-        report.dead_letters = new_letters
-        return ids, outputs
+        return new_letters, seen, outputs, ids
 
     async def _isolate(
         self,

@@ -5,33 +5,31 @@ transaction. Publishing happens later, from the outbox.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import uuid
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from events import BehaviourTracked, FollowupChanged, NurtureEnrolled, ScoreChanged, TopicNames
+from events import BehaviourTracked, TopicNames
 from events.decode import InputEvent
-from events.outputs import ScoreEntry
 from infra import leadstore
-from infra.leadstore import FollowupRow, LeadRow, LedgerRow, PoolRow, TransitionRow
+from infra.leadstore import LeadRow, PoolRow, TransitionRow
 from infra.store import OutboxRecord
 from scoring.assignment import assign
-from scoring.decision import Decision, FollowupDecision
+from scoring.decision import Decision
+from scoring.desk import Followup, needs_desk, settle
 from scoring.engine import apply, stitch, sweep
-from scoring.intake import admitted
+from scoring.intake import admitted, split
 from scoring.ledger import LedgerEntry
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score, weigh
-from scoring.state import ANON_PREFIX, LeadState
+from scoring.state import ANON_PREFIX, LeadState, decode_state
 from scoring.trust import vouched
+from workers.outputs import Outputs
 
 log = logging.getLogger("leadcycle.leads")
 
@@ -64,6 +62,12 @@ class _Pass:
     new_links: list[tuple[int, tuple[str, str, str, datetime]]] = field(default_factory=list)
     #: event index -> the subjects it read or changed.
     keys: dict[int, set[str]] = field(default_factory=dict)
+    #: ``anon:<id>`` -> the behaviour this pass applied to that visitor (its history so far in
+    #: this batch: the event log already holds these rows, but a stitch must not take events
+    #: the pass has yet to apply).
+    here: dict[str, list[BehaviourTracked]] = field(default_factory=lambda: defaultdict(list))
+    #: ``(qualified event id, lead)`` of email-only events applied to a known lead.
+    resolved: list[tuple[str, str]] = field(default_factory=list)
 
 
 #: How often a contained re-score may grow its group before the whole batch is scored again.
@@ -102,14 +106,79 @@ class _Groups:
             self.parent[other] = roots[0]
 
 
+class StateCache:
+    """Decoded working states of the leads this worker wrote last, valid by row version.
+
+    A lead touched in consecutive batches is not decoded again: its row's version (``xmin``)
+    still being the one this worker wrote proves nobody else changed it. Bounded (least
+    recently used first out). A batch *takes* its states out (it changes them in place) and
+    puts them back only once its transaction has committed, so a failed batch leaves nothing
+    half-applied behind.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, tuple[str, LeadState]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def versions(self, lead_ids: Iterable[str]) -> dict[str, str]:
+        items = self._items
+        return {k: items[k][0] for k in lead_ids if k in items}
+
+    def take(self, lead_id: str, version: str) -> LeadState | None:
+        found = self._items.pop(lead_id, None)
+        if found is None or found[0] != version:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return found[1]
+
+    def put(self, states: Mapping[str, tuple[str, LeadState]]) -> None:
+        if self.size <= 0:
+            return
+        items = self._items
+        for lead_id, entry in states.items():
+            items[lead_id] = entry
+            items.move_to_end(lead_id)
+        while len(items) > self.size:
+            items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
 class LeadProcessor:
     """Applies a batch's new events (or a sweep) to lead state in one transaction."""
 
-    def __init__(self, rules: RuleSet, topics: TopicNames, assignment: Assignment) -> None:
+    def __init__(
+        self,
+        rules: RuleSet,
+        topics: TopicNames,
+        assignment: Assignment,
+        *,
+        cache_size: int = 0,
+    ) -> None:
         self.rules = rules
         self.topics = topics
         self.assignment = assignment
         self.tz = ZoneInfo(rules.calendar.timezone)
+        self.outputs = Outputs(topics)
+        self.cache = StateCache(cache_size)
+        #: States written by the batch in flight, for the cache once it commits.
+        self._written: dict[str, tuple[str, LeadState]] = {}
+
+    def committed(self) -> None:
+        """The batch's transaction committed: its states are the rows' current versions."""
+        self.cache.put(self._written)
+        self._written = {}
+
+    def aborted(self) -> None:
+        """The batch's transaction rolled back: forget what it wrote."""
+        self._written = {}
 
     async def apply_events(
         self, conn: asyncpg.Connection, events: Sequence[InputEvent], now: datetime
@@ -143,6 +212,9 @@ class LeadProcessor:
                 log.info("re-scoring the whole batch, locked (%d subjects changed)", len(changed))
                 run = await self._score(conn, events, range(len(events)), fresh, now, lock=True)
         await leadstore.link_identities(conn, [link for _, link in run.new_links])
+        await leadstore.record_resolutions(
+            conn, [(*_source_and_id(qid), lead) for qid, lead in run.resolved]
+        )
         return await self._persist(conn, run.touched, now)
 
     async def _identities(
@@ -186,6 +258,7 @@ class LeadProcessor:
                         wanted.add(links[e.anonymous_id])
             touched = await self._load(conn, wanted, now, lock=lock)
         run = _Pass(touched)
+        histories = await self._histories(conn, events, chosen, touched)
         for i, event in chosen:
             subject, linking = self._route(event, links, by_email, claimed)
             keys = run.keys.setdefault(i, {subject})
@@ -206,11 +279,43 @@ class LeadProcessor:
                     run.new_links.append(
                         (i, (anon_id, lead.state.lead_id, event.event_id, event.occurred_at))
                     )
-                await self._stitch(conn, touched, lead, anon_id, now)
+                self._stitch(touched, lead, anon_id, histories, run, now)
             decision = apply(lead.state, event, self.rules, now=now)
             lead.decisions.append(decision)
-            lead.state = decision.state
+            if isinstance(event, BehaviourTracked):
+                if lead.state.anonymous:
+                    run.here[lead.state.lead_id].append(event)
+                elif _by_email(event):
+                    run.resolved.append((event.event_id, lead.state.lead_id))
         return run
+
+    async def _histories(
+        self,
+        conn: asyncpg.Connection,
+        events: Sequence[InputEvent],
+        chosen: Sequence[tuple[int, InputEvent]],
+        touched: dict[str, _Touched],
+    ) -> dict[str, list[BehaviourTracked]]:
+        """The logged history of every visitor an identify of this pass may stitch, in one
+        query: visitors with a state not merged yet. The batch's own events are left out (the
+        pass adds those it applied to the visitor before the identify)."""
+        subjects = set()
+        for _, e in chosen:
+            if isinstance(e, BehaviourTracked) and e.type == "identify" and e.anonymous_id:
+                anon = touched.get(f"{ANON_PREFIX}{e.anonymous_id}")
+                if anon is not None and anon.version is not None and anon.merged_into is None:
+                    subjects.add(anon.state.lead_id)
+        if not subjects:
+            return {}
+        batch = {e.event_id for e in events}
+        return {
+            subject: [
+                admitted(BehaviourTracked.model_validate_json(p), qualified_id, at)
+                for p, qualified_id, at in rows
+                if qualified_id not in batch
+            ]
+            for subject, rows in (await leadstore.anonymous_histories(conn, subjects)).items()
+        }
 
     async def _rescore(
         self,
@@ -266,9 +371,8 @@ class LeadProcessor:
         touched = await self._load(conn, set(lead_ids), now)
         for lead in touched.values():
             decision = sweep(lead.state, self.rules, now=now)
-            if decision.state is not lead.state:
+            if decision.changed:
                 lead.decisions.append(decision)
-                lead.state = decision.state
         return await self._persist(conn, touched, now)
 
     # -- resolving subjects -------------------------------------------------------------------
@@ -320,16 +424,30 @@ class LeadProcessor:
     async def _load(
         self, conn: asyncpg.Connection, ids: set[str], now: datetime, *, lock: bool = True
     ) -> dict[str, _Touched]:
-        found = await leadstore.load_states(conn, ids, lock=lock)
+        found = await leadstore.load_states(
+            conn, ids, lock=lock, known=self.cache.versions(ids)
+        )
         touched = {}
+        stale = []
         for lead_id in ids:
             if lead_id in found:
                 text, merged_into, version = found[lead_id]
-                touched[lead_id] = _Touched(
-                    LeadState.model_validate_json(text), merged_into, version=version
-                )
+                if text is None:
+                    state = self.cache.take(lead_id, version)
+                else:
+                    state = decode_state(text)
+                if state is None:  # let go meanwhile: read it whole
+                    stale.append(lead_id)
+                    continue
+                touched[lead_id] = _Touched(state, merged_into, version=version)
             else:
                 touched[lead_id] = _Touched(LeadState.new(lead_id, now=now))
+        if stale:
+            for lead_id, (text, merged_into, version) in (
+                await leadstore.load_states(conn, stale, lock=lock)
+            ).items():
+                assert text is not None
+                touched[lead_id] = _Touched(decode_state(text), merged_into, version=version)
         return touched
 
     async def _resolve(
@@ -358,27 +476,25 @@ class LeadProcessor:
             lead, hops = touched[target], hops + 1
         return lead
 
-    async def _stitch(
+    def _stitch(
         self,
-        conn: asyncpg.Connection,
         touched: dict[str, _Touched],
         lead: _Touched,
         anon_id: str,
+        histories: Mapping[str, list[BehaviourTracked]],
+        run: _Pass,
         now: datetime,
     ) -> None:
         subject = f"{ANON_PREFIX}{anon_id}"
         anon = touched.get(subject)
         if anon is None or anon.merged_into is not None or lead.state.anonymous:
             return
-        history = [
-            admitted(BehaviourTracked.model_validate_json(p), qualified_id, at)
-            for p, qualified_id, at in await leadstore.anonymous_history(conn, subject)
-        ]
+        history = [*histories.get(subject, ()), *run.here.get(subject, ())]
         decision = stitch(lead.state, anon.state, history, self.rules, now=now)
         lead.decisions.append(decision)
-        lead.state = decision.state
         anon.merged_into = lead.state.lead_id
-        anon.decisions.append(Decision(state=anon.state))  # the row is written, marked merged
+        # The visitor's row is written, marked merged.
+        anon.decisions.append(Decision(state=anon.state, changed=True))
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -390,31 +506,33 @@ class LeadProcessor:
             return []
         ledger: list[LedgerEntry] = []
         transitions: list[TransitionRow] = []
+        rows: list[LeadRow] = []
         out: list[OutboxRecord] = []
         for lead_id, t in changed.items():
+            s = t.state
+            behaviour = behaviour_score(s, now, self.rules)
+            priority = weigh(s.fit_score, behaviour, self.rules)
+            rows.append(leadstore.lead_row(s, t.merged_into, behaviour, priority, self.rules, now))
             entries = [e for d in t.decisions for e in d.ledger]
             ledger += entries
             for d in t.decisions:
-                for i, tr in enumerate(d.transitions):
-                    cause = tr.event_id or f"sweep@{tr.at.isoformat()}"
-                    transitions.append(
-                        TransitionRow(
-                            transition_id=f"{lead_id}:{cause}:{i}:{tr.to_stage}",
-                            lead_id=lead_id,
-                            from_stage=tr.from_stage,
-                            to_stage=tr.to_stage,
-                            at=tr.at,
-                            reason=tr.reason,
-                            event_id=tr.event_id,
-                            accepted=tr.accepted,
-                        )
-                    )
+                transitions += leadstore.transition_rows(lead_id, d.transitions)
                 if d.recycle is not None:
-                    out.append(self._nurture(d))
+                    out.append(self.outputs.nurture(d.recycle))
             if entries:
-                out.append(self._score_message(t.state, entries, now))
-        await leadstore.save_leads(conn, [self._row(t, now) for t in changed.values()])
-        await leadstore.insert_ledger(conn, [LedgerRow.of(e) for e in ledger])
+                out.append(
+                    self.outputs.score_changed(
+                        s,
+                        entries,
+                        behaviour=behaviour,
+                        priority=priority,
+                        rules_version=self.rules.version,
+                        scored_at=now,
+                    )
+                )
+        versions = await leadstore.save_leads(conn, rows)
+        self._written = {k: (versions[k], t.state) for k, t in changed.items() if k in versions}
+        await leadstore.insert_ledger(conn, ledger)
         await leadstore.insert_transitions(conn, transitions)
         members = [_pool_row(t.state) for t in changed.values() if t.state.stage == "recycled"]
         leaving = [k for k, t in changed.items() if t.state.stage != "recycled"]
@@ -422,125 +540,28 @@ class LeadProcessor:
         out += await self._followups(conn, changed, now)
         return out
 
-    def _row(self, t: _Touched, now: datetime) -> LeadRow:
-        s, p = t.state, t.state.profile
-        behaviour = behaviour_score(s, now, self.rules)
-        return LeadRow(
-            lead_id=s.lead_id,
-            anonymous=s.anonymous,
-            merged_into=t.merged_into,
-            email=p.email,
-            company_name=p.company_name,
-            job_title=p.job_title,
-            industry=p.industry,
-            company_size=p.company_size,
-            country=p.country,
-            source=p.source,
-            owner=p.owner,
-            stage=s.stage,
-            stage_since=s.stage_since,
-            fit_score=s.fit_score,
-            grade=s.fit_grade,
-            behaviour_score=behaviour,
-            priority=weigh(s.fit_score, behaviour, self.rules),
-            scored_at=now,
-            excluded=s.excluded,
-            exclusion_reason=s.exclusion_reason,
-            rules_version=s.rules_version or self.rules.version,
-            state=s.model_dump_json(),
-        )
-
-    def _score_message(
-        self, s: LeadState, entries: list[LedgerEntry], now: datetime
-    ) -> OutboxRecord:
-        digest = hashlib.sha256("|".join(e.entry_id for e in entries).encode()).hexdigest()[:16]
-        behaviour = behaviour_score(s, now, self.rules)
-        msg = ScoreChanged(
-            message_id=f"{s.lead_id}:{digest}",
-            lead_id=s.lead_id,
-            rules_version=self.rules.version,
-            scored_at=now,
-            fit_score=s.fit_score,
-            grade=s.fit_grade,
-            behaviour_score=behaviour,
-            priority=weigh(s.fit_score, behaviour, self.rules),
-            stage=s.stage,
-            entries=[
-                ScoreEntry(
-                    entry_id=e.entry_id,
-                    event_id=e.event_id,
-                    rule_id=e.rule_id,
-                    kind=e.kind,
-                    occurred_at=e.occurred_at,
-                    raw_points=e.raw_points,
-                    points=e.points,
-                )
-                for e in entries
-            ],
-        )
-        return OutboxRecord(
-            self.topics.score_changes, s.lead_id.encode(), msg.model_dump_json().encode()
-        )
-
-    def _nurture(self, d: Decision) -> OutboxRecord:
-        r = d.recycle
-        assert r is not None
-        msg = NurtureEnrolled(
-            message_id=f"{r.lead_id}:{r.since.isoformat()}",
-            lead_id=r.lead_id,
-            reason=r.reason,
-            track=r.track,
-            recycled_at=r.since,
-            revisit_on=r.revisit_on,
-        )
-        return OutboxRecord(self.topics.nurture, r.lead_id.encode(), msg.model_dump_json().encode())
-
     async def _followups(
         self, conn: asyncpg.Connection, changed: dict[str, _Touched], now: datetime
     ) -> list[OutboxRecord]:
-        relevant = {
-            k: t
-            for k, t in changed.items()
-            if any(d.followup or d.close_followup or d.excluded for d in t.decisions)
-        }
+        relevant = [k for k, t in changed.items() if needs_desk(t.decisions)]
         if not relevant:
             return []
         current = await leadstore.open_followups(conn, relevant)
-        saved: dict[str, FollowupRow] = {}
-        new_rows: list[FollowupRow] = []
-        for lead_id, t in relevant.items():
-            open_row = current.get(lead_id)
-            for d in t.decisions:
-                if open_row is not None and (d.close_followup or d.excluded):
-                    reason = "lead excluded" if d.excluded else "sales outcome recorded"
-                    if d.state.stage == "recycled":
-                        reason = "lead recycled"
-                    _bump(open_row, now, status="done", closed_at=now, closed_reason=reason)
-                    saved[open_row.followup_id] = open_row
-                    open_row = None
-                if d.followup is not None and not d.excluded:
-                    if open_row is None:
-                        open_row = _new_followup(d.followup, now)
-                        new_rows.append(open_row)
-                    else:
-                        _bump(
-                            open_row,
-                            now,
-                            why_now=d.followup.why_now,
-                            priority=d.followup.priority,
-                            due_at=min(open_row.due_at, d.followup.due_at),
-                            context=_context_json(d.followup),
-                        )
-                    saved[open_row.followup_id] = open_row
-        await self._assign(conn, [r for r in new_rows if r.followup_id in saved], changed, now)
+        saved: dict[str, Followup] = {}
+        opened: list[Followup] = []
+        for lead_id in relevant:
+            done = settle(current.get(lead_id), changed[lead_id].decisions, now)
+            saved.update(done.changed)
+            opened += done.opened
+        await self._assign(conn, opened, changed, now)
         rows = list(saved.values())
         await leadstore.save_followups(conn, rows)
-        return [self.followup_message(r) for r in rows]
+        return [self.outputs.followup(r) for r in rows]
 
     async def _assign(
         self,
         conn: asyncpg.Connection,
-        rows: list[FollowupRow],
+        rows: list[Followup],
         changed: dict[str, _Touched],
         now: datetime,
     ) -> None:
@@ -562,23 +583,8 @@ class LeadProcessor:
         if self.assignment.reps:
             await leadstore.put_cursor(conn, cursor)
 
-    def followup_message(self, r: FollowupRow) -> OutboxRecord:
-        msg = FollowupChanged(
-            message_id=f"{r.followup_id}:v{r.version}",
-            followup_id=r.followup_id,
-            version=r.version,
-            lead_id=r.lead_id,
-            status=r.status,
-            why_now=r.why_now,
-            priority=r.priority,
-            due_at=r.due_at,
-            assignee=r.assignee,
-            sla_breached=r.sla_breached,
-            context=json.loads(r.context),
-        )
-        return OutboxRecord(
-            self.topics.followups, r.lead_id.encode(), msg.model_dump_json().encode()
-        )
+    def followup_message(self, r: Followup) -> OutboxRecord:
+        return self.outputs.followup(r)
 
 
 def _by_email(event: BehaviourTracked) -> bool:
@@ -595,41 +601,9 @@ def _by_email(event: BehaviourTracked) -> bool:
     )
 
 
-def _context_json(f: FollowupDecision) -> str:
-    ctx = f.context.model_dump(mode="json")
-    ctx["recent_activities"] = [
-        f"{a['type']}: {a['label']}" if a.get("label") else a["type"]
-        for a in ctx.get("recent_activities", [])
-    ]
-    ctx["reason"] = f.reason
-    return json.dumps(ctx, ensure_ascii=False)
-
-
-def _new_followup(f: FollowupDecision, now: datetime) -> FollowupRow:
-    fid = uuid.uuid5(uuid.NAMESPACE_URL, f"leadcycle:{f.lead_id}:{f.created_at.isoformat()}")
-    return FollowupRow(
-        followup_id=f"fu-{fid.hex[:20]}",
-        lead_id=f.lead_id,
-        status="open",
-        why_now=f.why_now,
-        priority=f.priority,
-        due_at=f.due_at,
-        assignee=None,
-        sla_breached=False,
-        context=_context_json(f),
-        version=1,
-        created_at=now,
-        updated_at=now,
-        closed_at=None,
-        closed_reason=None,
-    )
-
-
-def _bump(row: FollowupRow, now: datetime, **changes: object) -> None:
-    for key, value in changes.items():
-        setattr(row, key, value)
-    row.version += 1
-    row.updated_at = now
+def _source_and_id(qualified_id: str) -> tuple[str, str]:
+    source, event_id = split(qualified_id)
+    return source or "events", event_id
 
 
 def _pool_row(s: LeadState) -> PoolRow | None:

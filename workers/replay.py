@@ -27,14 +27,13 @@ import asyncpg
 
 from events.decode import INPUT_MODELS, InputEvent
 from infra import db, replaystore
-from infra.leadstore import LedgerRow
 from infra.replaystore import ScoreRow
 from scoring.fold import Fold, gained_since, over_mql_threshold, rescore, same_scoring
 from scoring.intake import admitted
 from scoring.ledger import LedgerEntry
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score, priority
-from scoring.state import LeadState
+from scoring.state import LeadState, decode_state, encode_state
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +190,7 @@ async def _replay_once(
         credited: dict[str, list[LedgerEntry]] = defaultdict(list)  # recycled leads only
         shown = bar(total) if bar else None
         async for rows in replaystore.events(conn, page=PAGE):
-            staged: list[LedgerRow] = []
+            staged: list[LedgerEntry] = []
             for row in rows:
                 model = INPUT_MODELS[row["topic"]][0]
                 received = cast(InputEvent, model.model_validate_json(row["payload"]))
@@ -200,7 +199,7 @@ async def _replay_once(
                 for decision in fold.add(event):
                     for entry in decision.ledger:
                         if not dry_run:
-                            staged.append(LedgerRow.of(entry))
+                            staged.append(entry)
                         if entry.lead_id in recycled and entry.kind == "behaviour":
                             credited[entry.lead_id].append(entry)
             if staged:
@@ -216,7 +215,7 @@ async def _replay_once(
         async for rows in replaystore.stored_states(conn, page=PAGE):
             targets: list[ScoreRow] = []
             for row in rows:
-                stored = LeadState.model_validate_json(row["state"])
+                stored = decode_state(row["state"])
                 replayed = fold.states.get(row["lead_id"])
                 if replayed is None:
                     report.not_in_log += 1
@@ -244,11 +243,8 @@ async def _replay_once(
 
 def _diverges(stored: LeadState, replayed: LeadState) -> str | None:
     """Why the replayed state cannot stand in for the stored one's scores, if it cannot."""
-    if stored.applied != replayed.applied:
-        return (
-            f"{len(replayed.applied)} events in the log, "
-            f"{len(stored.applied)} applied by the worker"
-        )
+    if stored.events != replayed.events:
+        return f"{replayed.events} events in the log, {stored.events} applied by the worker"
     if stored.profile != replayed.profile:
         return "profile differs (updates of one field applied out of event-time order)"
     return None
@@ -298,7 +294,7 @@ def _score_row(s: LeadState, rules: RuleSet, now: datetime) -> ScoreRow:
         priority=priority(s, now, rules),
         scored_at=now,
         rules_version=rules.version,
-        state=s.model_dump_json(),
+        state=encode_state(s),
     )
 
 

@@ -113,13 +113,17 @@ def run(
     lead: str = "L1",
     now: datetime | None = None,
 ) -> list[Decision]:
-    """Apply ``events`` in order; ``now`` is each event's time unless given."""
+    """Apply ``events`` in order; ``now`` is each event's time unless given.
+
+    The engine changes one working state in place; each returned decision carries a snapshot
+    of the state as it was right after that event, so tests can look back at every step.
+    """
     current = state or LeadState.new(lead, now=T0 - days(1))
     out = []
     for event in events:
         decision = apply(current, event, rules, now=now or max(event.occurred_at, T0))
+        decision.state = current.copy()
         out.append(decision)
-        current = decision.state
     return out
 
 

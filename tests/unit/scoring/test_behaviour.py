@@ -7,6 +7,7 @@ import math
 import pytest
 
 from scoring.engine import apply, behaviour_score, raw_behaviour_score
+from scoring.fold import Fold
 from scoring.rules import parse_rules
 from scoring.state import LeadState
 from tests.unit.scoring.factory import (
@@ -128,10 +129,15 @@ def test_event_dated_after_the_reading_time_does_not_blow_up() -> None:
 
 def test_replayed_event_is_a_no_op() -> None:
     event = view("https://acme.example/pricing")
-    first, second = run([event, event])
+    fold = Fold(RULES, now=T0)
+    (first,) = fold.add(event)
+    before = fold.states["L1"].copy()
+    (second,) = fold.add(event)
+    assert first.ledger
+    assert not first.duplicate
     assert second.duplicate
-    assert second.ledger == ()
-    assert second.state is first.state
+    assert second.ledger == []
+    assert fold.states["L1"] == before
 
 
 def test_anonymous_visitor_scores_but_stays_in_awareness() -> None:

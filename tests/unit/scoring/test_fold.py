@@ -32,7 +32,7 @@ def test_stitching_credits_the_visitor_once_and_retires_it() -> None:
     lead = fold.leads()["L1"]
     assert set(fold.states) == {"L1"}
     assert fold.merged == {"anon:a1": "L1"}
-    assert len(lead.applied) == 7
+    assert lead.events == 7
     mine = [e for e in entries if e.lead_id == "L1"]
     fit, behaviour_ = score_from_ledger(mine, at=NOW)
     assert math.isclose(fit, lead.fit_score)
@@ -49,7 +49,7 @@ def test_known_links_and_assigned_identifies_give_the_same_lead() -> None:
         seeded.add(event)
     assert seeded.merged == {}  # the visitor's events went straight to the lead
     a, b = plain.leads()["L1"], seeded.leads()["L1"]
-    assert a.applied == b.applied
+    assert a.events == b.events == 7
     assert math.isclose(raw_behaviour_score(a, NOW), raw_behaviour_score(b, NOW), rel_tol=1e-12)
 
     by_email = behaviour("identify", T0, None, anonymous_id="a9", email="x@corp.example")
@@ -68,13 +68,13 @@ def test_rescore_takes_scores_and_keeps_lifecycle() -> None:
     gained = gained_since([e for e in entries if e.lead_id == "L1"], stored.recycle.since)
     new = rescore(stored, replayed, now=NOW + days(1), gained=gained)
     assert new.rules_version == "v2"
-    assert (new.stage, new.stage_since, new.bant, new.applied) == (
-        stored.stage, stored.stage_since, stored.bant, stored.applied
+    assert (new.stage, new.stage_since, new.bant, new.events) == (
+        stored.stage, stored.stage_since, stored.bant, stored.events
     )  # fmt: skip
     assert new.recycle is not None
-    assert new.recycle.model_dump(exclude={"gained"}) == stored.recycle.model_dump(
-        exclude={"gained"}
-    )
+    assert (new.recycle.reason, new.recycle.since, new.recycle.revisit_on, new.recycle.track) == (
+        stored.recycle.reason, stored.recycle.since, stored.recycle.revisit_on, stored.recycle.track
+    )  # fmt: skip
     # Only the case-studies view, three days in, happened after the recycle (day 2).
     assert len(new.recycle.gained) == 1
     assert new.recycle.gained == stored.recycle.gained  # same points under v2

@@ -208,12 +208,14 @@ def test_disqualified_lead_never_gets_a_follow_up_again() -> None:
     assert sweep(refused.state, RULES, now=T0 + days(400)).followup is None
 
 
-def test_sweep_without_anything_due_returns_the_same_state() -> None:
+def test_sweep_without_anything_due_changes_nothing() -> None:
     state = final(run([profile(**GOOD_PROFILE)]))
+    before = state.copy()
     decision = sweep(state, RULES, now=T0 + hours(1))
-    assert decision.state is state
-    assert decision.ledger == ()
-    assert decision.transitions == ()
+    assert not decision.changed
+    assert decision.state == before
+    assert decision.ledger == []
+    assert decision.transitions == []
 
 
 def test_bant_merge_latest_non_null_wins() -> None:

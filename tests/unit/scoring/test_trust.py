@@ -36,8 +36,8 @@ def test_an_unvouched_unsubscribe_is_applied_but_credits_nothing() -> None:
     lead = LeadState.new("L1", now=T0)
     unsigned = stamped(behaviour("unsubscribe", lead=None, anonymous_id="a1"))
     decision = apply(lead, unsigned, RULES, now=T0 + hours(1))
-    assert decision.ledger == ()
-    assert not decision.duplicate  # recorded as applied: a redelivery changes nothing either
+    assert decision.ledger == []
+    assert decision.state.events == 1  # applied (and logged): a redelivery changes nothing
     signed = stamped(behaviour("unsubscribe", lead=None, anonymous_id="a1"), verified=True)
     decision = apply(lead, signed, RULES, now=T0 + hours(1))
     assert [e.rule_id for e in decision.ledger] == ["unsubscribe"]
@@ -54,7 +54,7 @@ def test_the_fold_keeps_an_unsigned_unassigned_identify_on_the_visitor() -> None
     fold.add(forged)
     assert fold.merged == {}
     assert "email:v@x.example" not in fold.states
-    assert len(fold.states["anon:a1"].applied) == 2  # the visit and the identify
+    assert fold.states["anon:a1"].events == 2  # the visit and the identify
 
     # The worker assigned it (it made the lead of a new email): linked and stitched.
     fold = Fold(RULES, now=T0 + hours(2), assigned={forged.event_id: "email:v@x.example"})

@@ -1,0 +1,53 @@
+-- The lean stored form (docs/architecture.md, "State").
+--
+-- 1. A lead's state is compact JSON text written and read by leadcycle alone (scoring.state
+--    encode/decode); PostgreSQL no longer parses it on every batch. It no longer lists every
+--    event the lead ever had: the event log's key says which events were applied. The one
+--    fact the sweep filtered on inside the JSON becomes a column.
+ALTER TABLE leads ALTER COLUMN state TYPE text USING state::text;
+ALTER TABLE leads ADD COLUMN stage_touched boolean NOT NULL DEFAULT false;
+UPDATE leads SET stage_touched = true
+ WHERE coalesce((state::jsonb->>'stage_touched')::boolean, false);
+
+-- 2. Ledger entries keep their decay facts as columns instead of one JSON document per row.
+ALTER TABLE score_ledger
+    ADD COLUMN anchor         timestamptz,
+    ADD COLUMN half_life_days double precision,
+    ADD COLUMN decayed_points double precision,
+    ADD COLUMN score_before   double precision,
+    ADD COLUMN score_after    double precision;
+UPDATE score_ledger SET
+    anchor         = (detail->>'anchor')::timestamptz,
+    half_life_days = (detail->>'half_life_days')::float8,
+    decayed_points = coalesce((detail->>'decayed_points')::float8, points),
+    score_before   = coalesce((detail->>'score_before')::float8, 0),
+    score_after    = coalesce((detail->>'score_after')::float8, 0);
+ALTER TABLE score_ledger
+    ALTER COLUMN decayed_points SET NOT NULL,
+    ALTER COLUMN score_before SET NOT NULL,
+    ALTER COLUMN score_after SET NOT NULL,
+    DROP COLUMN detail;
+
+ALTER TABLE score_ledger_history
+    ADD COLUMN anchor         timestamptz,
+    ADD COLUMN half_life_days double precision,
+    ADD COLUMN decayed_points double precision,
+    ADD COLUMN score_before   double precision,
+    ADD COLUMN score_after    double precision;
+UPDATE score_ledger_history SET
+    anchor         = (detail->>'anchor')::timestamptz,
+    half_life_days = (detail->>'half_life_days')::float8,
+    decayed_points = coalesce((detail->>'decayed_points')::float8, points),
+    score_before   = coalesce((detail->>'score_before')::float8, 0),
+    score_after    = coalesce((detail->>'score_after')::float8, 0);
+ALTER TABLE score_ledger_history
+    ALTER COLUMN decayed_points SET NOT NULL,
+    ALTER COLUMN score_before SET NOT NULL,
+    ALTER COLUMN score_after SET NOT NULL,
+    DROP COLUMN detail;
+
+-- 3. The lead an email-only `identify` (or a signed `unsubscribe`) was applied to: the worker
+--    looked it up by email at the time, which the event itself does not say; `leadcycle replay`
+--    sends the event to the same lead. (Rows logged before this migration: see
+--    infra/replaystore.py `identify_assignments`.)
+ALTER TABLE event_log ADD COLUMN resolved_to text;

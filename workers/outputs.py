@@ -1,0 +1,99 @@
+"""The output messages a batch publishes (through the outbox): score changes, nurture
+enrollments and follow-up changes, built from the core's decisions in one place.
+
+They are leadcycle's own values, already checked by the core, so the wire models are built
+with ``model_construct`` (no second validation) and serialised by pydantic; the contract test
+(tests/unit/test_contract.py) validates what they produce against the schemas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from events import FollowupChanged, NurtureEnrolled, ScoreChanged, TopicNames
+from events.outputs import ScoreEntry
+from infra.store import OutboxRecord
+from scoring.decision import RecycleDecision
+from scoring.desk import Followup
+from scoring.ledger import LedgerEntry
+from scoring.state import LeadState
+
+
+class Outputs:
+    """Builds the outbox records of one worker's output topics."""
+
+    def __init__(self, topics: TopicNames) -> None:
+        self.topics = topics
+
+    def score_changed(
+        self,
+        s: LeadState,
+        entries: Sequence[LedgerEntry],
+        *,
+        behaviour: float,
+        priority: float,
+        rules_version: str,
+        scored_at: datetime,
+    ) -> OutboxRecord:
+        """The lead's scores after a batch, with the ledger entries that changed them."""
+        digest = hashlib.sha256("|".join(e.entry_id for e in entries).encode()).hexdigest()[:16]
+        msg = ScoreChanged.model_construct(
+            message_id=f"{s.lead_id}:{digest}",
+            lead_id=s.lead_id,
+            rules_version=rules_version,
+            scored_at=scored_at,
+            fit_score=s.fit_score,
+            grade=s.fit_grade,
+            behaviour_score=behaviour,
+            priority=priority,
+            stage=s.stage,
+            entries=[
+                ScoreEntry.model_construct(
+                    entry_id=e.entry_id,
+                    event_id=e.event_id,
+                    rule_id=e.rule_id,
+                    kind=e.kind,
+                    occurred_at=e.occurred_at,
+                    raw_points=e.raw_points,
+                    points=e.points,
+                )
+                for e in entries
+            ],
+        )
+        return OutboxRecord(
+            self.topics.score_changes, s.lead_id.encode(), msg.model_dump_json().encode()
+        )
+
+    def nurture(self, r: RecycleDecision) -> OutboxRecord:
+        """Enroll a recycled lead on its reason's nurture track."""
+        msg = NurtureEnrolled(
+            message_id=f"{r.lead_id}:{r.since.isoformat()}",
+            lead_id=r.lead_id,
+            reason=r.reason,
+            track=r.track,
+            recycled_at=r.since,
+            revisit_on=r.revisit_on,
+        )
+        return OutboxRecord(self.topics.nurture, r.lead_id.encode(), msg.model_dump_json().encode())
+
+    def followup(self, r: Followup) -> OutboxRecord:
+        """A follow-up as it is now (every change is a new version)."""
+        msg = FollowupChanged(
+            message_id=f"{r.followup_id}:v{r.version}",
+            followup_id=r.followup_id,
+            version=r.version,
+            lead_id=r.lead_id,
+            status=r.status,
+            why_now=r.why_now,
+            priority=r.priority,
+            due_at=r.due_at,
+            assignee=r.assignee,
+            sla_breached=r.sla_breached,
+            context=json.loads(r.context),
+        )
+        return OutboxRecord(
+            self.topics.followups, r.lead_id.encode(), msg.model_dump_json().encode()
+        )
