@@ -211,7 +211,7 @@ class Ingestor:
         accepted: Sequence[tuple[Incoming, InputEvent]],
         now: datetime,
     ) -> tuple[int, set[tuple[str, str]], list[OutboxRecord], list[int]]:
-        """The batch's transaction: ``(new dead letters, keys of new events, outputs, outbox ids)``."""
+        """The transaction: ``(new dead letters, keys of new events, outputs, outbox ids)``."""
         async with self.pool.acquire() as conn, conn.transaction():
             new_keys = await store.log_events(conn, rows)
             new_letters = await store.record_dead_letters(conn, [row for row, _ in letters])

@@ -17,6 +17,7 @@ from infra.postgres import drop_database
 from infra.services import Endpoints
 from infra.settings import Settings
 from scoring.rules import load_rules
+from scoring.state import decode_state
 from tests.conftest import TEST_MARKER
 from tests.integration.conftest import Scenario, make_scenario
 from tests.integration.journeys import (
@@ -282,14 +283,13 @@ async def snapshot(dsn: str) -> dict[str, Any]:
             "events": "SELECT count(*) FROM event_log",
         }
         snap = {k: [dict(r) for r in await conn.fetch(v)] for k, v in q.items()}
-        states = await conn.fetch("SELECT lead_id, state::text AS s FROM leads")
+        states = await conn.fetch("SELECT lead_id, state AS s FROM leads")
     finally:
         await conn.close()
     from scoring.scores import behaviour_score
-    from scoring.state import LeadState
 
     snap["behaviour"] = {
-        r["lead_id"]: round(behaviour_score(LeadState.model_validate_json(r["s"]), at, RULES), 9)
+        r["lead_id"]: round(behaviour_score(decode_state(r["s"]), at, RULES), 9)
         for r in states
     }
     return snap

@@ -21,7 +21,7 @@ import pytest
 from bench.oracle import expected_states, score_mismatches, stored_states
 from infra import db
 from scoring.rules import RuleSet, load_rules
-from scoring.state import LeadState
+from scoring.state import LeadState, decode_state, encode_state
 from tests.integration.conftest import Scenario
 from tests.integration.kafkatools import produce_all
 from tests.integration.workerproc import WorkerProcess, eventually, leadcycle_cli
@@ -35,7 +35,7 @@ RULES_V1 = load_rules(ROOT / "rules" / "default.toml")
 AT = datetime(2030, 1, 1, tzinfo=UTC)
 #: Lifecycle facts the replay must leave exactly as the worker decided them.
 LIFECYCLE = (
-    "stage", "stage_since", "stage_touched", "sla_escalated", "profile", "applied", "bant",
+    "stage", "stage_since", "stage_touched", "sla_escalated", "profile", "events", "bant",
     "last_touch_at", "last_requeue_at", "excluded", "exclusion_reason", "linked_anonymous_ids",
     "created_at",
 )  # fmt: skip
@@ -78,8 +78,9 @@ async def snapshot(dsn: str) -> dict[str, Any]:
                 "leads": """SELECT lead_id, stage, stage_since, owner, email, merged_into,
                                    excluded, fit_score, rules_version, state::text
                               FROM leads ORDER BY lead_id""",
-                "ledger": """SELECT s.entry_id, s.rules_version, s.points, s.detail::text,
-                                    l.merged_into IS NULL AS live
+                "ledger": """SELECT s.entry_id, s.rules_version, s.points, s.decayed_points,
+                                    l.merged_into IS NULL AS live, s.anchor, s.score_before,
+                                    s.score_after
                                FROM score_ledger s LEFT JOIN leads l USING (lead_id)
                               ORDER BY s.entry_id""",
                 "history": "SELECT count(*) FROM score_ledger_history",
@@ -228,7 +229,7 @@ async def test_replay_rescores_keeps_lifecycle_and_is_idempotent(
         [(m.topic, m.value) for m in messages], rules_v2, now=AT, assigned=assigned
     )
     assert score_mismatches(want, new_states, rules_v2, at=AT) == []
-    assert want[target.lead_id].applied == new_states[target.lead_id].applied
+    assert want[target.lead_id].events == new_states[target.lead_id].events
     # ... and not what they were (1.5x points moved nearly everyone).
     moved = [k for k, s in new_states.items() if s.fit_score != old_states[k].fit_score]
     assert len(moved) > 100
@@ -240,9 +241,10 @@ async def test_replay_rescores_keeps_lifecycle_and_is_idempotent(
             assert getattr(new, name) == getattr(old, name), (lead_id, name)
         assert (new.recycle is None) == (old.recycle is None)
         if new.recycle and old.recycle:
-            assert new.recycle.model_dump(exclude={"gained"}) == old.recycle.model_dump(
-                exclude={"gained"}
-            )
+            assert (new.recycle.reason, new.recycle.since, new.recycle.revisit_on) == (
+                old.recycle.reason, old.recycle.since, old.recycle.revisit_on
+            )  # fmt: skip
+            assert new.recycle.track == old.recycle.track
         assert new.rules_version == "2027.1-replayed"
     conn = await asyncpg.connect(scenario.dsn)
     try:
@@ -338,6 +340,7 @@ async def test_replay_retries_then_reports_a_conflicting_worker_write(
 
 
 def test_lead_states_compare_by_value() -> None:
-    """The idempotency check relies on equal states comparing equal after a JSON round trip."""
+    """The idempotency check relies on equal states comparing equal after a round trip
+    through the stored form."""
     state = LeadState.new("L1", now=AT)
-    assert LeadState.model_validate_json(state.model_dump_json()) == state
+    assert decode_state(encode_state(state)) == state
