@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import click
@@ -173,28 +173,55 @@ def calllist(rep: str | None, day: datetime | None, fmt: str, limit: int | None)
 
 
 @main.command()
-@click.argument("lead_id")
+@click.argument("query")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def lead(lead_id: str, fmt: str) -> None:
-    """Show one lead: state, stage history, score explanation (ledger) and its check."""
+def lead(query: str, fmt: str) -> None:
+    """Show one lead (by lead id, email or anonymous id): state, stage history, score
+    explanation (ledger) and its check.
+
+    QUERY is a lead id, else an email (any case, spaces around it ignored), else an anonymous
+    id (with or without "anon:"). A merged anonymous visitor leads to the lead it was merged
+    into; how QUERY was resolved is printed first ("resolved" in JSON). An email that several
+    leads share lists them and exits 1: pass one of their lead ids instead. Nothing found:
+    exits 1.
+    """
     from scoring.rules import load_rules
     from workers.explain import explain_lead, render_explanation
-    from workers.render import json_text
+    from workers.lookup import Resolution, describe, resolve
+    from workers.render import json_text, printable
 
     settings = _settings()
     rules = load_rules(settings.rules_file)
-    found = asyncio.run(
-        _with_conn(
-            _database(settings), lambda c: explain_lead(c, lead_id, rules, at=datetime.now(UTC))
+
+    async def look(conn: asyncpg.Connection) -> tuple[Resolution, dict[str, Any] | None]:
+        # One snapshot: the lead resolved is the lead explained.
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            found = await resolve(conn, query)
+            if found.lead_id is None:
+                return found, None
+            return found, await explain_lead(conn, found.lead_id, rules, at=datetime.now(UTC))
+
+    found, doc = asyncio.run(_with_conn(_database(settings), look))
+    if found.ambiguous:
+        click.echo(
+            json_text(json.dumps({"resolved": found.as_json()}, indent=2, ensure_ascii=False))
+            if fmt == "json"
+            else "\n".join(printable(line) for line in describe(found))
         )
-    )
-    if found is None:
-        raise click.ClickException(f"no lead {lead_id!r}")
-    click.echo(
-        json_text(json.dumps(found, indent=2, ensure_ascii=False, default=str))
-        if fmt == "json"
-        else render_explanation(found)
-    )
+        raise click.ClickException(
+            f"{found.key!r} matches {len(found.candidates)} leads: pass one of their lead ids"
+        )
+    if found.lead_id is None:
+        raise click.ClickException(f"no lead id, email or anonymous id matches {query!r}")
+    if doc is None:  # a link or a merge to a lead without a row
+        raise click.ClickException(f"{query!r} resolves to {found.lead_id!r}, which has no row")
+    if fmt == "json":
+        doc = {"resolved": found.as_json(), **doc}
+        click.echo(json_text(json.dumps(doc, indent=2, ensure_ascii=False, default=str)))
+        return
+    if found.lead_id != query or found.hops:  # a lead id typed as is: nothing to tell
+        click.echo("\n".join(printable(line) for line in describe(found)))
+    click.echo(render_explanation(doc))
 
 
 @main.command()
