@@ -73,6 +73,22 @@ def _cores(values: list[float]) -> str:
     return " + ".join(f"{v:.2f}" for v in values) or "n/a"
 
 
+def _heavy(r: dict[str, Any]) -> list[str]:
+    """The heavy-lead row (bench/heavy.py); none for results from before it was measured."""
+    h = r.get("heavy")
+    if not h:
+        return []
+    heavy, light = h["heavy"], h["light"]
+    return [
+        f"| per-batch cost of one lead with {heavy['past']:,} past events vs {light['past']:,} "
+        f"(median ms, ratio; {h['batch_events']} events for the lead + {h['bystander_events']} "
+        f"for others per batch, {h['repeat']} batches; p90; CPU of the batch step per batch) "
+        f"| {heavy['median_ms']:,.1f} vs {light['median_ms']:,.1f} ms ({h['ratio']:.2f}x); "
+        f"p90 {heavy['p90_ms']:,.1f} vs {light['p90_ms']:,.1f} ms; "
+        f"CPU {_n(heavy['cpu_us'])} vs {_n(light['cpu_us'])} µs ({h['cpu_ratio']:.2f}x) |"
+    ]
+
+
 def render(r: dict[str, Any]) -> str:
     """The markdown block between the doc's markers (also printed by ``./run bench``)."""
     t, p, m = r["throughput"], r["params"], r["machine"]
@@ -117,6 +133,7 @@ def render(r: dict[str, Any]) -> str:
         f"| replay: rescore {rep['events']:,} logged events under a new rule version "
         f"(`leadcycle replay --dry-run` path: read, decode, fold) | {_n(rep['rate'])} "
         f"events/s ({rep['seconds']:.1f} s) |",
+        *_heavy(r),
         f"| broker delivery of a lone message, consumer `fetch_max_wait_ms` 1500 (faust's) / "
         f"500 (aiokafka's default) | {_fetch(r)} ms |",
         f"| call list, all {cl['followups']:,} open follow-ups | {_n(cl['all_ms'])} ms |",

@@ -4,7 +4,8 @@ One run starts its own broker and scratch database, generates seeded traffic
 (workers/traffic.py), publishes it once, then measures on those same topics, each pipeline
 with a fresh consumer group: bare aiokafka, a do-nothing faust agent, leadcycle end to end
 (1 then 2 worker processes), a replay of the event log, latency at half the sustained rate,
-a naive per-event worker and call-list queries. It prints a table, writes JSON to
+the per-batch cost of one lead with a long history (bench/heavy.py), a naive per-event
+worker and call-list queries. It prints a table, writes JSON to
 bench/results/ and (full runs) the table into docs/benchmarks.md. It never fails on speed.
 """
 
@@ -29,6 +30,7 @@ from . import report
 from .calllist import run_calllists
 from .endtoend import run_leadcycle
 from .fetchwait import run_fetch_probe
+from .heavy import HEAVY, QUICK_HEAVY, REPEAT, run_heavy
 from .latency import run_latency
 from .load import EVENTS_PER_LEAD, PARTITIONS, make_traffic, preload
 from .pipelines import FaustSettings, bare_consume, faust_noop, naive_worker
@@ -49,6 +51,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--followups", type=int, default=100_000)
     ap.add_argument("--batch-size", type=int, default=2000, help="LEADCYCLE_BATCH_SIZE")
     ap.add_argument("--batch-within", type=float, default=0.25, help="LEADCYCLE_BATCH_WITHIN")
+    ap.add_argument(
+        "--heavy-past", type=int, default=None, help=f"past events of the heavy lead ({HEAVY:,})"
+    )
+    ap.add_argument("--heavy-repeat", type=int, default=REPEAT, help="timed batches per lead")
     ap.add_argument("--no-profile", action="store_true", help="do not attach py-spy")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = ap.parse_args(argv)
@@ -56,6 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.events, args.naive_events = 20_000, 2_000
         args.latency_seconds, args.followups, args.no_doc = 10.0, 20_000, True
     args.leads = args.leads or max(args.events // EVENTS_PER_LEAD, 10)
+    args.heavy_past = args.heavy_past or (QUICK_HEAVY if args.quick else HEAVY)
     return args
 
 
@@ -117,6 +124,11 @@ def measure(args: argparse.Namespace, services: Services, stamp: str) -> dict[st
     rules = load_rules(ROOT / "rules" / "default.toml")
     replay = run_replay(services.dsn, rules)
     say(f"replay: {replay.rate:,.0f} events/s")
+    heavy = run_heavy(services.fresh_database(), past=args.heavy_past, repeat=args.heavy_repeat)
+    say(
+        f"one lead with {args.heavy_past:,} past events: {heavy.heavy.median_ms:,.1f} ms a batch,"
+        f" {heavy.ratio:.2f}x one with {heavy.light.past}"
+    )
     two = run_leadcycle(
         services, traffic, prefix=PREFIX, group=f"lc2-{run}", processes=2, worker_env=worker_env
     )
@@ -196,6 +208,7 @@ def measure(args: argparse.Namespace, services: Services, stamp: str) -> dict[st
         "latency": asdict(latency),
         "fetch_probe_ms": fetch,
         "replay": {**asdict(replay), "rate": replay.rate},
+        "heavy": heavy.as_json(),
         "calllist": asdict(calllist),
         "profile": asdict(profiled.profile) if profiled and profiled.profile else None,
         "profiled_rate": profiled.progress.rate if profiled else None,
@@ -203,7 +216,7 @@ def measure(args: argparse.Namespace, services: Services, stamp: str) -> dict[st
 
 
 def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
-    t, s, lat = r["throughput"], r["scaling"], r["latency"]
+    t, s, lat, h = r["throughput"], r["scaling"], r["latency"], r["heavy"]
     vs_faust = t["leadcycle"] / t["faust_noop"]
     vs_naive = t["leadcycle"] / t["naive"]
     scale = s["two"] / s["one"]
@@ -212,6 +225,12 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
         ("leadcycle vs naive worker", ">= 10x", f"{vs_naive:.1f}x", vs_naive >= 10),
         ("2 processes vs 1", ">= 1.7x", f"{scale:.2f}x", scale >= 1.7),
         ("p99 latency at half load", "<= 250 ms", f"{lat['p99_ms']:.0f} ms", lat["p99_ms"] <= 250),
+        (
+            f"batch on a lead with {h['heavy']['past']:,} past events vs {h['light']['past']}",
+            "<= 1.2x",
+            f"{h['ratio']:.2f}x",
+            h["ratio"] <= 1.2,
+        ),
     ]
 
 
