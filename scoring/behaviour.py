@@ -16,10 +16,10 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from events.tracking import BehaviourTracked
-from scoring.decay import DecayGroup, newest
+from scoring.decay import newest
 from scoring.memo import memo_for
 from scoring.rules import Behaviour, BehaviourRule, Calendar, RuleSet
-from scoring.state import Activity
+from scoring.state import Activity, LeadState
 
 #: Windows are aligned to a Monday, so 7-day windows are ISO weeks (Monday to Sunday).
 _EPOCH = date(1970, 1, 5).toordinal()
@@ -101,31 +101,39 @@ def credit(
     return Credit(rule, rule.points, bucket[1] - credited, anchor, half_life)
 
 
-def prune_caps(caps: dict[str, list[float]], decay: list[DecayGroup], rules: RuleSet) -> None:
-    """Drop from ``caps`` (in place) windows too old to matter: older than
-    ``forget_after_half_lives`` half-lives before the newest anchor of ``decay``.
+def prune_caps(state: LeadState, rules: RuleSet) -> None:
+    """Drop from ``state.caps`` (in place) windows too old to matter: older than
+    ``forget_after_half_lives`` half-lives before the newest anchor of ``state.decay``.
 
     A late event landing in a pruned window is credited again up to the cap, but its worth is
     below ``cap * 2 ** -forget_after_half_lives`` of the cap: the bound on order-dependence.
+
+    The windows are scanned only when one of them can have expired: ``state.caps_expiry`` is
+    the earliest time a kept window expires (a working-state hint, not stored; the engine
+    clears it when it opens a window).
     """
-    ref = newest(decay)
+    caps = state.caps
+    ref = newest(state.decay)
     if ref is None or not caps:
         return
+    expiry = state.caps_expiry
+    if expiry is not None and ref <= expiry:
+        return
     windows = memo_for(rules, "cap_windows")
-    cutoffs: dict[timedelta, datetime] = {}  # ref - horizon, per horizon
     gone = []
+    earliest: datetime | None = None
     for key in caps:
         window = windows.get(key)
         if window is None:
             window = windows[key] = _cap_window(key, rules)
-        start, horizon = window
-        cutoff = cutoffs.get(horizon)
-        if cutoff is None:
-            cutoff = cutoffs[horizon] = ref - horizon
-        if start < cutoff:
+        ends = window[0] + window[1]  # start + horizon
+        if ends < ref:
             gone.append(key)
+        elif earliest is None or ends < earliest:
+            earliest = ends
     for key in gone:
         del caps[key]
+    state.caps_expiry = earliest
 
 
 def _cap_window(key: str, rules: RuleSet) -> tuple[datetime, timedelta]:

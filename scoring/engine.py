@@ -125,20 +125,23 @@ def _on_behaviour(d: Draft, event: BehaviourTracked) -> None:
     if event.type == "identify" and event.email and state.profile.email is None:
         state.profile.email = event.email
     groups = state.decay
+    windows = len(state.caps)
     info = state.recycle
     gained = info.gained if info is not None and event.occurred_at >= info.since else None
     raw_total = 0.0
     score: float | None = None  # the raw behaviour score at ``now`` (read once, then carried)
+    rules_matched = matching_rules(event, rules.behaviour) if counts(event) else ()
     # An unvouched browser unsubscribe is recorded but credits nothing (scoring/trust.py).
-    for rule in matching_rules(event, rules.behaviour) if counts(event) else ():
+    for rule in rules_matched:
         c = credit(state.caps, rule, event, rules)
         # Never anchored after ``now``: a group's reference would move ahead of the time it
         # is read at, and every real event of the group would be read decayed towards it
         # while this one never decays (an event dated ahead by a skewed clock). The worker
         # already scores such an event at its receive time; this holds for any caller.
         anchor = min(c.anchor, now)
-        before = read(groups, now) if score is None else score
+        before = raw_behaviour_score(state, now) if score is None else score
         add(groups, c.half_life_days, anchor, c.points)
+        state.reading = None
         ref = newest_of(groups, c.half_life_days) or anchor
         if gained is not None:
             add(gained, c.half_life_days, anchor, c.points)
@@ -162,7 +165,11 @@ def _on_behaviour(d: Draft, event: BehaviourTracked) -> None:
                 c.half_life_days,
             )
         )
-    prune_caps(state.caps, groups, rules)
+    if score is not None:
+        state.reading = (now, score)
+    if len(state.caps) != windows:
+        state.caps_expiry = None  # a window was opened: scan them again
+    prune_caps(state, rules)
     remember(state.activities, event, raw_total, rules.followup.activity_memory)
 
 

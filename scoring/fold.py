@@ -160,6 +160,7 @@ def rescore(
         setattr(new, f, getattr(scoring, f))
     if new.recycle is not None and gained is not None:
         new.recycle.gained = gained
+    new.reading = None  # decay replaced
     new.updated_at = now
     return new
 

@@ -10,8 +10,18 @@ from scoring.state import LeadState
 
 
 def raw_behaviour_score(state: LeadState, at: datetime) -> float:
-    """The behaviour score at ``at`` before the floor (negative rules may take it below 0)."""
-    return read(state.decay, at)
+    """The behaviour score at ``at`` before the floor (negative rules may take it below 0).
+
+    The last reading is kept on the working state: one event's ledger, thresholds and stored
+    scores read the same accumulators at the same ``now`` (the very same object: equal times
+    in other zones are read afresh).
+    """
+    last = state.reading
+    if last is not None and last[0] is at:
+        return last[1]
+    value = read(state.decay, at)
+    state.reading = (at, value)
+    return value
 
 
 def behaviour_score(state: LeadState, at: datetime, rules: RuleSet) -> float:

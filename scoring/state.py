@@ -148,6 +148,12 @@ class LeadState:
     #: The newest activities, newest first.
     activities: list[Activity] = field(default_factory=list)
     linked_anonymous_ids: list[str] = field(default_factory=list)
+    #: Working hint, not stored: the earliest time a kept cap window expires (None: unknown,
+    #: scan them). ``scoring.behaviour.prune_caps`` keeps it.
+    caps_expiry: datetime | None = field(default=None, compare=False, repr=False)
+    #: Working hint, not stored: the raw behaviour score read at a time (``scoring.scores``);
+    #: whoever changes ``decay`` clears it.
+    reading: tuple[datetime, float] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def new(cls, lead_id: str, *, now: datetime) -> LeadState:
