@@ -1,9 +1,10 @@
 """The output messages a batch publishes (through the outbox): score changes, nurture
 enrollments and follow-up changes, built from the core's decisions in one place.
 
-They are leadcycle's own values, already checked by the core, so the wire models are built
-with ``model_construct`` (no second validation) and serialised by pydantic; the contract test
-(tests/unit/test_contract.py) validates what they produce against the schemas.
+They are leadcycle's own values, already checked by the core. The one built per lead and
+batch, ``score_changed``, is serialised straight from a dict by pydantic-core (no model object
+per lead and entry); tests/unit/test_outputs.py checks it is exactly what the wire model
+produces.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 
-from events import FollowupChanged, NurtureEnrolled, ScoreChanged, TopicNames
-from events.outputs import ScoreEntry
+from pydantic_core import to_json
+
+from events import FollowupChanged, NurtureEnrolled, TopicNames
 from infra.store import OutboxRecord
 from scoring.decision import RecycleDecision
 from scoring.desk import Followup
@@ -40,32 +42,32 @@ class Outputs:
     ) -> OutboxRecord:
         """The lead's scores after a batch, with the ledger entries that changed them."""
         digest = hashlib.sha256("|".join(e.entry_id for e in entries).encode()).hexdigest()[:16]
-        msg = ScoreChanged.model_construct(
-            message_id=f"{s.lead_id}:{digest}",
-            lead_id=s.lead_id,
-            rules_version=rules_version,
-            scored_at=scored_at,
-            fit_score=s.fit_score,
-            grade=s.fit_grade,
-            behaviour_score=behaviour,
-            priority=priority,
-            stage=s.stage,
-            entries=[
-                ScoreEntry.model_construct(
-                    entry_id=e.entry_id,
-                    event_id=e.event_id,
-                    rule_id=e.rule_id,
-                    kind=e.kind,
-                    occurred_at=e.occurred_at,
-                    raw_points=e.raw_points,
-                    points=e.points,
-                )
+        # ScoreChanged's fields, in its order (a test checks the two agree); serialised by
+        # pydantic-core, as the model would be.
+        msg = {
+            "message_id": f"{s.lead_id}:{digest}",
+            "lead_id": s.lead_id,
+            "rules_version": rules_version,
+            "scored_at": scored_at,
+            "fit_score": s.fit_score,
+            "grade": s.fit_grade,
+            "behaviour_score": behaviour,
+            "priority": priority,
+            "stage": s.stage,
+            "entries": [
+                {
+                    "entry_id": e.entry_id,
+                    "event_id": e.event_id,
+                    "rule_id": e.rule_id,
+                    "kind": e.kind,
+                    "occurred_at": e.occurred_at,
+                    "raw_points": e.raw_points,
+                    "points": e.points,
+                }
                 for e in entries
             ],
-        )
-        return OutboxRecord(
-            self.topics.score_changes, s.lead_id.encode(), msg.model_dump_json().encode()
-        )
+        }
+        return OutboxRecord(self.topics.score_changes, s.lead_id.encode(), to_json(msg))
 
     def nurture(self, r: RecycleDecision) -> OutboxRecord:
         """Enroll a recycled lead on its reason's nurture track."""
