@@ -71,7 +71,9 @@ def scored_events(
 async def stored_states(dsn: str) -> dict[str, LeadState]:
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT lead_id, state FROM leads WHERE NOT anonymous")
+        rows = await conn.fetch(
+            "SELECT lead_id, state FROM leads WHERE NOT anonymous AND merged_into IS NULL"
+        )
     finally:
         await conn.close()
     return {r["lead_id"]: decode_state(r["state"]) for r in rows}

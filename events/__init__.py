@@ -3,7 +3,13 @@
 from events.common import WireModel
 from events.decode import InputEvent, Rejection, decode
 from events.outcomes import Bant, OutcomeRecorded
-from events.outputs import DeadLetter, FollowupChanged, NurtureEnrolled, ScoreChanged
+from events.outputs import (
+    DeadLetter,
+    FollowupChanged,
+    LeadMerged,
+    NurtureEnrolled,
+    ScoreChanged,
+)
 from events.profiles import ProfileUpdated
 from events.topics import CONTRACT, TopicNames
 from events.tracking import BehaviourTracked, Context, Properties
@@ -16,6 +22,7 @@ __all__ = [
     "DeadLetter",
     "FollowupChanged",
     "InputEvent",
+    "LeadMerged",
     "NurtureEnrolled",
     "OutcomeRecorded",
     "ProfileUpdated",

@@ -76,3 +76,18 @@ class NurtureEnrolled(WireModel):
     track: str
     recycled_at: datetime
     revisit_on: date | None
+
+
+class LeadMerged(WireModel):
+    """Two lead ids turned out to be one person: ``absorbed`` now lives on as ``survivor``.
+
+    Its history (ledger, stage history, follow-ups, linked visitors) moved to the survivor;
+    events that still name the absorbed id are applied to the survivor.
+    """
+
+    message_id: str = Field(description="absorbed lead id + survivor lead id")
+    survivor: str = Field(description="the lead that lives on (a CRM lead id survives)")
+    absorbed: str = Field(description="the lead merged into it (e.g. email:<address>)")
+    email: str | None = Field(description="the normalised email both leads share")
+    merged_at: datetime = Field(description="when the worker merged them")
+    event_id: str = Field(description="the event that revealed the match (source|event id)")

@@ -6,7 +6,13 @@ from dataclasses import dataclass
 
 from events.common import WireModel
 from events.outcomes import OutcomeRecorded
-from events.outputs import DeadLetter, FollowupChanged, NurtureEnrolled, ScoreChanged
+from events.outputs import (
+    DeadLetter,
+    FollowupChanged,
+    LeadMerged,
+    NurtureEnrolled,
+    ScoreChanged,
+)
 from events.profiles import ProfileUpdated
 from events.tracking import BehaviourTracked
 
@@ -20,6 +26,11 @@ CONTRACT: dict[str, tuple[type[WireModel], str, str]] = {
     "score-changes": (ScoreChanged, "output", "per lead per batch: new scores + ledger entries"),
     "followups": (FollowupChanged, "output", "each new or changed follow-up"),
     "nurture": (NurtureEnrolled, "output", "nurture enrollments by recycle reason"),
+    "lead-merges": (
+        LeadMerged,
+        "output",
+        "two lead ids of one person merged into one",
+    ),
     "dead-letters": (DeadLetter, "output", "rejected input, raw bytes prefix and the reason"),
 }
 
@@ -58,6 +69,10 @@ class TopicNames:
     @property
     def nurture(self) -> str:
         return self.name("nurture")
+
+    @property
+    def lead_merges(self) -> str:
+        return self.name("lead-merges")
 
     @property
     def dead_letters(self) -> str:

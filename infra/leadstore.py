@@ -286,8 +286,11 @@ async def leads_by_email(conn: asyncpg.Connection, emails: Iterable[str]) -> dic
     if not found:
         return {}
     rows = await conn.fetch(
+        # A live lead of the email; a CRM lead before an email lead (they are merged as soon as
+        # the CRM lead is touched), the oldest first.
         """SELECT DISTINCT ON (email) email, lead_id FROM leads
-            WHERE email = ANY($1::text[]) AND NOT anonymous ORDER BY email, created_at""",
+            WHERE email = ANY($1::text[]) AND NOT anonymous AND merged_into IS NULL
+            ORDER BY email, lead_id LIKE 'email:%', created_at""",
         found,
     )
     return {r["email"]: r["lead_id"] for r in rows}
@@ -324,6 +327,47 @@ async def anonymous_histories(
     for r in rows:
         found[r["subject"]].append((r["payload"], r["qualified_id"], r["occurred_at"]))
     return found
+
+
+async def record_merges(
+    conn: asyncpg.Connection, merges: Sequence[tuple[str, str, str, str]], at: datetime
+) -> None:
+    """Record ``(absorbed, survivor, email, event id)`` merges and move the absorbed leads'
+    history to their survivors: ledger, stage history, follow-ups (the open one was closed in
+    this transaction) and visitor links. The absorbed row stays, ``merged_into`` the survivor."""
+    if not merges:
+        return
+    absorbed = [m[0] for m in merges]
+    survivor = [m[1] for m in merges]
+    await conn.execute(
+        """INSERT INTO lead_merges (absorbed, survivor, email, event_id, merged_at)
+           SELECT a, s, e, ev, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                                    AS x(a, s, e, ev)
+           ON CONFLICT (absorbed) DO NOTHING""",
+        absorbed,
+        survivor,
+        [m[2] for m in merges],
+        [m[3] for m in merges],
+        at,
+    )
+    for table in ("score_ledger", "stage_transitions", "followups", "identity_links"):
+        await conn.execute(
+            f"""UPDATE {table} t SET lead_id = x.s
+                  FROM unnest($1::text[], $2::text[]) AS x(a, s) WHERE t.lead_id = x.a""",
+            absorbed,
+            survivor,
+        )
+
+
+async def duplicate_emails(conn: asyncpg.Connection) -> list[tuple[str, list[str]]]:
+    """Emails that several live CRM leads share, with their lead ids (oldest first)."""
+    rows = await conn.fetch(
+        """SELECT email, array_agg(lead_id ORDER BY created_at, lead_id) AS ids FROM leads
+            WHERE email IS NOT NULL AND NOT anonymous AND merged_into IS NULL
+              AND lead_id NOT LIKE 'email:%'
+            GROUP BY email HAVING count(*) > 1 ORDER BY email"""
+    )
+    return [(r["email"], list(r["ids"])) for r in rows]
 
 
 async def record_resolutions(

@@ -98,6 +98,8 @@ class Decision:
     duplicate: bool = False
     changed: bool = False
     stage: str = ""
+    #: Why the open follow-up closes, when not for the usual reasons (a merge).
+    closed_reason: str | None = None
 
     def __post_init__(self) -> None:
         if not self.stage:

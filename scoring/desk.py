@@ -67,6 +67,7 @@ def settle(open_row: Followup | None, decisions: Iterable[Decision], now: dateti
             reason = "lead excluded" if d.excluded else "sales outcome recorded"
             if d.stage == "recycled":
                 reason = "lead recycled"
+            reason = d.closed_reason or reason
             _bump(open_row, now, status="done", closed_at=now, closed_reason=reason)
             out.changed[open_row.followup_id] = open_row
             open_row = None

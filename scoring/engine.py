@@ -52,7 +52,7 @@ def apply(state: LeadState, event: Event, rules: RuleSet, *, now: datetime) -> D
     # An applied event always changes the state (its count, at least).
     state.events += 1
     d.changed = True
-    _refit(d, event.event_id, event.occurred_at)
+    refit(d, event.event_id, event.occurred_at)
     if not state.anonymous and not state.excluded:
         rule = exclusion_match(state.profile, rules)
         if rule is not None:
@@ -173,7 +173,7 @@ def _on_behaviour(d: Draft, event: BehaviourTracked) -> None:
     remember(state.activities, event, raw_total, rules.followup.activity_memory)
 
 
-def _refit(d: Draft, event_id: str, occurred_at: datetime) -> None:
+def refit(d: Draft, event_id: str, occurred_at: datetime) -> None:
     """Recompute fit; every rule whose contribution changed gets a ledger entry.
 
     Fit is recomputed on every event, so that a rule-set change is picked up at a lead's next

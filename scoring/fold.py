@@ -27,6 +27,7 @@ from scoring.decay import DecayGroup, add
 from scoring.decision import Decision
 from scoring.engine import apply, stitch
 from scoring.ledger import LedgerEntry
+from scoring.merge import EMAIL_PREFIX, is_crm_lead, merge
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score, priority
 from scoring.state import ANON_PREFIX, LeadState
@@ -70,18 +71,38 @@ class Fold:
         self.merged: dict[str, str] = {}
         #: Ids of the events applied (the worker's event log plays this part).
         self.seen: set[str] = set()
+        #: email -> the CRM lead whose profile holds it (the first one: later ones are
+        #: duplicates, reported and not merged).
+        self.by_email: dict[str, str] = {}
+        #: merged lead -> the lead it lives on as (``scoring.merge``).
+        self.forward: dict[str, str] = {}
+        #: ``(absorbed, survivor)`` of every merge, in order.
+        self.merges: list[tuple[str, str]] = []
         self._history: dict[str, list[BehaviourTracked]] = defaultdict(list)
 
     def subject(self, event: Event) -> str:
         """Whom ``event`` is about, given what the fold has seen so far."""
+        return self._follow(self._subject(event))
+
+    def _subject(self, event: Event) -> str:
         if not isinstance(event, BehaviourTracked) or event.lead_id:
             return event.lead_id or ""
         if event.type == "identify" and event.email and self._links(event):
-            return self.assigned.get(event.event_id) or f"email:{event.email}"
+            return (
+                self.assigned.get(event.event_id)
+                or self.by_email.get(event.email)
+                or f"{EMAIL_PREFIX}{event.email}"
+            )
         if event.type == "unsubscribe" and event.event_id in self.assigned:
             return self.assigned[event.event_id]  # a signed link: the lead of its email
         anonymous_id = event.anonymous_id or ""
         return self.links.get(anonymous_id) or f"{ANON_PREFIX}{anonymous_id}"
+
+    def _follow(self, subject: str) -> str:
+        hops = 0
+        while subject in self.forward and hops < 5:
+            subject, hops = self.forward[subject], hops + 1
+        return subject
 
     def add(self, event: Event) -> list[Decision]:
         """Apply ``event`` to its subject; returns the decisions taken (a stitch, then the
@@ -109,9 +130,23 @@ class Fold:
         decision = apply(state, event, self.rules, now=self.now)
         decisions.append(decision)
         self.states[subject] = decision.state
+        if isinstance(event, ProfileUpdated) and is_crm_lead(subject) and state.profile.email:
+            decisions += self._claim(subject, state.profile.email)
         if isinstance(event, BehaviourTracked) and subject.startswith(ANON_PREFIX):
             self._history[subject].append(event)
         return decisions
+
+    def _claim(self, lead_id: str, email: str) -> list[Decision]:
+        """A CRM lead's profile holds ``email``: the email lead of that address, if any, is
+        the same person (merged into it); another CRM lead with it is a duplicate (kept)."""
+        holder = self.by_email.setdefault(email, lead_id)
+        absorbed = f"{EMAIL_PREFIX}{email}"
+        if holder != lead_id or absorbed not in self.states:
+            return []
+        decision = merge(self.states[lead_id], self.states.pop(absorbed), self.rules, now=self.now)
+        self.forward[absorbed] = lead_id
+        self.merges.append((absorbed, lead_id))
+        return [decision]
 
     def _links(self, event: BehaviourTracked) -> bool:
         """Whether an ``identify`` links its visitor to the lead of its email. An unsigned

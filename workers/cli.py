@@ -225,6 +225,30 @@ def lead(query: str, fmt: str) -> None:
 
 
 @main.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def duplicates(fmt: str) -> None:
+    """List emails that several CRM leads share (one person under two CRM ids?).
+
+    leadcycle merges a lead made by a website identify (email:<address>) into the CRM lead
+    with that email on its own; two CRM lead ids are never merged automatically: fix them in
+    the CRM, and the next profile update of each shows here no more.
+    """
+    from infra.leadstore import duplicate_emails
+    from workers.render import json_text, printable
+
+    settings = _settings()
+    found = asyncio.run(_with_conn(_database(settings), duplicate_emails))
+    if fmt == "json":
+        doc = [{"email": email, "lead_ids": ids} for email, ids in found]
+        click.echo(json_text(json.dumps(doc, indent=2, ensure_ascii=False)))
+        return
+    if not found:
+        click.echo("no email is shared by two CRM leads")
+    for email, ids in found:
+        click.echo(printable(f"{email}  {', '.join(ids)}"))
+
+
+@main.command()
 @click.option("--now", "at", default=None, help="sweep as of this time (RFC 3339); default now")
 def sweep(at: str | None) -> None:
     """Run one sweep (SLA expiry, revisit dates, overdue follow-ups) and publish its outputs."""

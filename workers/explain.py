@@ -30,6 +30,11 @@ async def explain_lead(
             WHERE lead_id = $1 ORDER BY at, transition_id""",
         lead_id,
     )
+    merges = await conn.fetch(
+        """SELECT absorbed, survivor, email, event_id, merged_at FROM lead_merges
+            WHERE survivor = $1 OR absorbed = $1 ORDER BY merged_at, absorbed""",
+        lead_id,
+    )
     followups = await conn.fetch(
         """SELECT followup_id, status, why_now, due_at, assignee, sla_breached, closed_reason
              FROM followups WHERE lead_id = $1 ORDER BY created_at""",
@@ -60,6 +65,7 @@ async def explain_lead(
             and math.isclose(behaviour_ledger, behaviour, rel_tol=1e-9, abs_tol=1e-6),
         },
         "stage_history": [dict(r) for r in history],
+        "merges": [{**dict(r), "merged_at": r["merged_at"].isoformat()} for r in merges],
         "followups": [dict(r) for r in followups],
         "ledger": [_entry(e, stated.get(e.event_id)) for e in ledger],
     }
@@ -86,9 +92,7 @@ async def _stated_times(conn: asyncpg.Connection, qualified_ids: set[str]) -> di
 def _entry(entry: LedgerEntry, stated: datetime | None) -> dict[str, Any]:
     """A ledger entry for the view: with the producer's own event id and its source, and the
     stated time of an event scored at another time (``occurred_at`` is the time used)."""
-    doc = {
-        k: v.isoformat() if isinstance(v, datetime) else v for k, v in entry._asdict().items()
-    }
+    doc = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in entry._asdict().items()}
     source, doc["producer_event_id"] = split(entry.event_id)
     doc["source"] = source
     doc["stated_occurred_at"] = stated.isoformat() if stated is not None else None
@@ -140,6 +144,14 @@ def render_explanation(doc: dict[str, Any]) -> str:
         lines.append(
             f"  {h['at']:%Y-%m-%d %H:%M}  {h['from_stage']} -> {h['to_stage']}: {h['reason']}{mark}"
         )
+    for m in doc.get("merges", []):
+        if m["survivor"] == doc["lead_id"]:
+            lines.append(
+                f"merged: {m['absorbed']} (same email {m['email']}) at {m['merged_at'][:16]},"
+                f" event {m['event_id']}: its history is this lead's"
+            )
+        else:
+            lines.append(f"merged into {m['survivor']} at {m['merged_at'][:16]}")
     lines.append("follow-ups:")
     for f in doc["followups"]:
         lines.append(

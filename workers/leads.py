@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from events import BehaviourTracked, TopicNames
+from events import BehaviourTracked, ProfileUpdated, TopicNames
 from events.decode import InputEvent
 from infra import leadstore
 from infra.leadstore import LeadRow, PoolRow, TransitionRow
@@ -25,6 +25,7 @@ from scoring.desk import Followup, needs_desk, settle
 from scoring.engine import apply, stitch, sweep
 from scoring.intake import admitted, split
 from scoring.ledger import LedgerEntry
+from scoring.merge import EMAIL_PREFIX, is_crm_lead, merge
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score, weigh
 from scoring.state import ANON_PREFIX, LeadState, decode_state
@@ -66,8 +67,10 @@ class _Pass:
     #: this batch: the event log already holds these rows, but a stitch must not take events
     #: the pass has yet to apply).
     here: dict[str, list[BehaviourTracked]] = field(default_factory=lambda: defaultdict(list))
-    #: ``(qualified event id, lead)`` of email-only events applied to a known lead.
-    resolved: list[tuple[str, str]] = field(default_factory=list)
+    #: ``(event index, (qualified event id, lead))`` of email-only events applied to a lead.
+    resolved: list[tuple[int, tuple[str, str]]] = field(default_factory=list)
+    #: ``(event index, (absorbed, survivor, email, event id))`` of the merges made.
+    merges: list[tuple[int, tuple[str, str, str, str]]] = field(default_factory=list)
 
 
 #: How often a contained re-score may grow its group before the whole batch is scored again.
@@ -213,9 +216,14 @@ class LeadProcessor:
                 run = await self._score(conn, events, range(len(events)), fresh, now, lock=True)
         await leadstore.link_identities(conn, [link for _, link in run.new_links])
         await leadstore.record_resolutions(
-            conn, [(*_source_and_id(qid), lead) for qid, lead in run.resolved]
+            conn, [(*_source_and_id(qid), lead) for _, (qid, lead) in run.resolved]
         )
-        return await self._persist(conn, run.touched, now)
+        out = await self._persist(conn, run.touched, now)
+        merges = [m for _, m in run.merges]
+        if merges:
+            await leadstore.record_merges(conn, merges, now)
+            out += [self.outputs.merged(*m, at=now) for m in merges]
+        return out
 
     async def _identities(
         self, conn: asyncpg.Connection, events: Sequence[InputEvent]
@@ -243,7 +251,7 @@ class LeadProcessor:
     ) -> _Pass:
         """Apply ``events[i]`` for ``i`` in ``indexes``, in order. With ``touched`` given, only
         those states may be used (a contained re-score): needing another raises ``_Outside``."""
-        links, by_email = dict(seen[0]), seen[1]
+        links, by_email = dict(seen[0]), dict(seen[1])
         chosen = [(i, events[i]) for i in indexes]
         contained = touched is not None
         #: Emails an identify gave a lead earlier in this pass: as good as known already.
@@ -256,6 +264,8 @@ class LeadProcessor:
                     wanted.add(f"{ANON_PREFIX}{e.anonymous_id}")
                     if e.anonymous_id in links:
                         wanted.add(links[e.anonymous_id])
+                if isinstance(e, ProfileUpdated) and e.email and is_crm_lead(e.lead_id):
+                    wanted.add(f"{EMAIL_PREFIX}{e.email}")  # the same person, if it exists
             touched = await self._load(conn, wanted, now, lock=lock)
         run = _Pass(touched)
         histories = await self._histories(conn, events, chosen, touched)
@@ -282,12 +292,58 @@ class LeadProcessor:
                 self._stitch(touched, lead, anon_id, histories, run, now)
             decision = apply(lead.state, event, self.rules, now=now)
             lead.decisions.append(decision)
+            if isinstance(event, ProfileUpdated) and event.email:
+                self._claim(i, lead, event, by_email, run, keys, contained=contained, now=now)
             if isinstance(event, BehaviourTracked):
                 if lead.state.anonymous:
                     run.here[lead.state.lead_id].append(event)
                 elif _by_email(event):
-                    run.resolved.append((event.event_id, lead.state.lead_id))
+                    run.resolved.append((i, (event.event_id, lead.state.lead_id)))
         return run
+
+    def _claim(
+        self,
+        i: int,
+        lead: _Touched,
+        event: ProfileUpdated,
+        by_email: dict[str, str],
+        run: _Pass,
+        keys: set[str],
+        *,
+        contained: bool,
+        now: datetime,
+    ) -> None:
+        """A CRM lead's profile holds an email: an email lead of that address is the same
+        person and is merged into it; another CRM lead with it is a duplicate (kept apart,
+        reported: ``leadcycle duplicates``)."""
+        survivor, email = lead.state.lead_id, lead.state.profile.email
+        if email is None or not is_crm_lead(survivor):
+            return
+        holder = by_email.get(email)
+        if holder is not None and holder != survivor and is_crm_lead(holder):
+            log.warning("leads %s and %s share the email %s: duplicates", holder, survivor, email)
+            return
+        by_email[email] = survivor  # later identifies of this email in the batch come here
+        absorbed = f"{EMAIL_PREFIX}{email}"
+        keys.add(absorbed)
+        if contained and absorbed not in run.touched:
+            raise _Outside(absorbed)
+        other = run.touched.get(absorbed)
+        if other is None or other.merged_into is not None:
+            return
+        if other.version is None and not other.decisions:
+            return  # no such lead: nothing to merge
+        lead.decisions.append(merge(lead.state, other.state, self.rules, now=now))
+        other.merged_into = survivor
+        other.decisions.append(
+            Decision(
+                state=other.state,
+                changed=True,
+                close_followup=True,
+                closed_reason=f"merged into {survivor}",
+            )
+        )
+        run.merges.append((i, (absorbed, survivor, email, event.event_id)))
 
     async def _histories(
         self,
@@ -361,6 +417,8 @@ class LeadProcessor:
             redone = set(again)
             run.touched.update(redo.touched)
             run.new_links = [nl for nl in run.new_links if nl[0] not in redone] + redo.new_links
+            run.resolved = [r for r in run.resolved if r[0] not in redone] + redo.resolved
+            run.merges = [m for m in run.merges if m[0] not in redone] + redo.merges
             return run
         raise _Wider
 
@@ -534,8 +592,14 @@ class LeadProcessor:
         self._written = {k: (versions[k], t.state) for k, t in changed.items() if k in versions}
         await leadstore.insert_ledger(conn, ledger)
         await leadstore.insert_transitions(conn, transitions)
-        members = [_pool_row(t.state) for t in changed.values() if t.state.stage == "recycled"]
-        leaving = [k for k, t in changed.items() if t.state.stage != "recycled"]
+        members = [
+            _pool_row(t.state)
+            for t in changed.values()
+            if t.state.stage == "recycled" and t.merged_into is None
+        ]
+        leaving = [
+            k for k, t in changed.items() if t.state.stage != "recycled" or t.merged_into
+        ]
         await leadstore.sync_recycle_pool(conn, [m for m in members if m is not None], leaving)
         out += await self._followups(conn, changed, now)
         return out

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from pydantic_core import to_json
 
-from events import FollowupChanged, NurtureEnrolled, TopicNames
+from events import FollowupChanged, LeadMerged, NurtureEnrolled, TopicNames
 from infra.store import OutboxRecord
 from scoring.decision import RecycleDecision
 from scoring.desk import Followup
@@ -98,4 +98,21 @@ class Outputs:
         )
         return OutboxRecord(
             self.topics.followups, r.lead_id.encode(), msg.model_dump_json().encode()
+        )
+
+    def merged(
+        self, absorbed: str, survivor: str, email: str, event_id: str, *, at: datetime
+    ) -> OutboxRecord:
+        """Two lead ids of one person became one (keyed by the absorbed id, whose
+        followers need to switch)."""
+        msg = LeadMerged(
+            message_id=f"{absorbed}>{survivor}",
+            survivor=survivor,
+            absorbed=absorbed,
+            email=email,
+            merged_at=at,
+            event_id=event_id,
+        )
+        return OutboxRecord(
+            self.topics.lead_merges, absorbed.encode(), msg.model_dump_json().encode()
         )

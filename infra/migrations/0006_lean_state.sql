@@ -51,3 +51,16 @@ ALTER TABLE score_ledger_history
 --    sends the event to the same lead. (Rows logged before this migration: see
 --    infra/replaystore.py `identify_assignments`.)
 ALTER TABLE event_log ADD COLUMN resolved_to text;
+
+-- 4. One lead per person (docs/architecture.md, "Identity"): a lead made by an email-only
+--    identify (`email:<address>`) is merged into the CRM lead whose profile carries the same
+--    email, whichever came first. The merge is recorded here; the absorbed row stays, with
+--    `merged_into` set, and its history moves to the survivor.
+CREATE TABLE lead_merges (
+    absorbed   text PRIMARY KEY,
+    survivor   text NOT NULL,
+    email      text,
+    event_id   text NOT NULL,      -- the event that revealed the match (source|event id)
+    merged_at  timestamptz NOT NULL
+);
+CREATE INDEX lead_merges_survivor ON lead_merges (survivor);
