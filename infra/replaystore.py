@@ -169,6 +169,18 @@ async def stage_ledger(conn: asyncpg.Connection, entries: Sequence[LedgerEntry])
         )
 
 
+async def forward_staged(conn: asyncpg.Connection, merges: Sequence[tuple[str, str]]) -> None:
+    """Give the staged entries of each ``(absorbed, survivor)`` merged lead to its survivor."""
+    if merges:
+        await stage_ledger(conn, [])  # the staging table, if no page made it yet
+        await conn.execute(
+            """UPDATE replay_ledger r SET lead_id = x.s
+                 FROM unnest($1::text[], $2::text[]) AS x(a, s) WHERE r.lead_id = x.a""",
+            [a for a, _ in merges],
+            [s for _, s in merges],
+        )
+
+
 async def replace_ledger(
     conn: asyncpg.Connection, lead_ids: Sequence[str], *, version: str, at: datetime
 ) -> tuple[int, int]:

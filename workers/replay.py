@@ -211,6 +211,9 @@ async def _replay_once(
             shown.update(report.events, final=True)
         report.seconds = time.monotonic() - started
         report.leads = len(fold.leads())
+        if not dry_run:
+            # A merged lead's entries live on its survivor (the worker moved them there too).
+            await replaystore.forward_staged(conn, fold.merges)
         versions: Counter[str] = Counter()
         async for rows in replaystore.stored_states(conn, page=PAGE):
             targets: list[ScoreRow] = []

@@ -148,6 +148,8 @@ async def test_identify_and_crm_profile_make_one_lead_in_either_order(
                 "merges": merges,
                 "view": json.loads(leadcycle_cli(sc, "lead", EMAIL, "--format", "json")),
                 "anon": json.loads(leadcycle_cli(sc, "lead", "v-hana", "--format", "json")),
+                # The replay's fold merges as the worker did: it finds every score as it is.
+                "replay": json.loads(leadcycle_cli(sc, "replay", "--format", "json")),
             }
         finally:
             worker.stop()
@@ -163,6 +165,8 @@ async def test_identify_and_crm_profile_make_one_lead_in_either_order(
         assert view["lead_id"] == "CRM-9"
         assert view["reproduced_from_ledger"]["matches"] is True
         assert result["anon"]["lead_id"] == "CRM-9"
+        assert result["replay"]["skipped"] == []
+        assert (result["replay"]["rewritten"], result["replay"]["unchanged"]) == (0, 1)
     # The same scores either way (read at one time: the stored columns are each run's own).
     a, b = first["state"], crm_first["state"]
     assert a.fit_score == b.fit_score
