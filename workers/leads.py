@@ -6,7 +6,7 @@ transaction. Publishing happens later, from the outbox.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,8 +29,9 @@ from scoring.merge import EMAIL_PREFIX, is_crm_lead, merge
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score, weigh
 from scoring.state import ANON_PREFIX, LeadState, decode_state
-from scoring.trust import vouched
 from workers.outputs import Outputs
+from workers.statecache import StateCache
+from workers.subjects import by_email_lookup, route
 
 log = logging.getLogger("leadcycle.leads")
 
@@ -107,51 +108,6 @@ class _Groups:
         roots = [self.find(k) for k in keys]
         for other in roots[1:]:
             self.parent[other] = roots[0]
-
-
-class StateCache:
-    """Decoded working states of the leads this worker wrote last, valid by row version.
-
-    A lead touched in consecutive batches is not decoded again: its row's version (``xmin``)
-    still being the one this worker wrote proves nobody else changed it. Bounded (least
-    recently used first out). A batch *takes* its states out (it changes them in place) and
-    puts them back only once its transaction has committed, so a failed batch leaves nothing
-    half-applied behind.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict[str, tuple[str, LeadState]] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def versions(self, lead_ids: Iterable[str]) -> dict[str, str]:
-        items = self._items
-        return {k: items[k][0] for k in lead_ids if k in items}
-
-    def take(self, lead_id: str, version: str) -> LeadState | None:
-        found = self._items.pop(lead_id, None)
-        if found is None or found[0] != version:
-            self.misses += 1
-            return None
-        self.hits += 1
-        return found[1]
-
-    def put(self, states: Mapping[str, tuple[str, LeadState]]) -> None:
-        if self.size <= 0:
-            return
-        items = self._items
-        for lead_id, entry in states.items():
-            items[lead_id] = entry
-            items.move_to_end(lead_id)
-        while len(items) > self.size:
-            items.popitem(last=False)
-
-    def clear(self) -> None:
-        self._items.clear()
 
 
 class LeadProcessor:
@@ -234,7 +190,7 @@ class LeadProcessor:
             conn, [e.anonymous_id for e in behaviour if e.anonymous_id and not e.lead_id]
         )
         by_email = await leadstore.leads_by_email(
-            conn, [e.email for e in behaviour if _by_email(e) and e.email]
+            conn, [e.email for e in behaviour if by_email_lookup(e) and e.email]
         )
         return links, by_email
 
@@ -257,7 +213,7 @@ class LeadProcessor:
         #: Emails an identify gave a lead earlier in this pass: as good as known already.
         claimed: set[str] = set()
         if touched is None:
-            wanted = {self._route(e, links, by_email, claimed)[0] for _, e in chosen}
+            wanted = {route(e, links, by_email, claimed)[0] for _, e in chosen}
             for _, e in chosen:
                 if isinstance(e, BehaviourTracked) and e.type == "identify" and e.anonymous_id:
                     # The visitor, and where an identify kept on the visitor goes.
@@ -270,7 +226,7 @@ class LeadProcessor:
         run = _Pass(touched)
         histories = await self._histories(conn, events, chosen, touched)
         for i, event in chosen:
-            subject, linking = self._route(event, links, by_email, claimed)
+            subject, linking = route(event, links, by_email, claimed)
             keys = run.keys.setdefault(i, {subject})
             if contained and subject not in touched:
                 raise _Outside(subject)
@@ -297,7 +253,7 @@ class LeadProcessor:
             if isinstance(event, BehaviourTracked):
                 if lead.state.anonymous:
                     run.here[lead.state.lead_id].append(event)
-                elif _by_email(event):
+                elif by_email_lookup(event):
                     run.resolved.append((i, (event.event_id, lead.state.lead_id)))
         return run
 
@@ -435,56 +391,10 @@ class LeadProcessor:
 
     # -- resolving subjects -------------------------------------------------------------------
 
-    @classmethod
-    def _route(
-        cls,
-        event: InputEvent,
-        links: dict[str, str],
-        by_email: dict[str, str],
-        claimed: set[str],
-    ) -> tuple[str, bool]:
-        """The event's subject, and whether it is an identify that links its visitor to the
-        lead of its email (docs/http.md, "Trust model").
-
-        Only a vouched identify (Kafka, server key, or an email signed by the site's server)
-        may link a visitor to a lead that already exists. An unsigned browser identify of a
-        known email is recorded as the visitor's own event: no link, no merge of history. One
-        of an email nobody has yet makes the lead, as a sign-up form would. A signed browser
-        unsubscribe (a signed link) is about the lead of its email.
-        """
-        if not isinstance(event, BehaviourTracked):
-            return cls._subject(event, links, by_email), False
-        identify = event.type == "identify" and event.anonymous_id is not None
-        if event.lead_id or event.email is None:
-            # Naming the lead is vouching for it: browser keys cannot (the collector refuses).
-            return cls._subject(event, links, by_email), identify
-        if event.type == "unsubscribe" and _by_email(event):
-            return by_email.get(event.email) or cls._subject(event, links, by_email), False
-        if event.type != "identify":
-            return cls._subject(event, links, by_email), False
-        known = event.email in by_email or event.email in claimed
-        if known and not vouched(event) and event.anonymous_id:
-            return links.get(event.anonymous_id) or f"{ANON_PREFIX}{event.anonymous_id}", False
-        return cls._subject(event, links, by_email), identify
-
-    @staticmethod
-    def _subject(event: InputEvent, links: dict[str, str], by_email: dict[str, str]) -> str:
-        if not isinstance(event, BehaviourTracked):
-            return event.lead_id
-        if event.lead_id:
-            return event.lead_id
-        if event.type == "identify" and event.email:
-            # No lead id from the tracker: the lead with this email, else one named by it.
-            return by_email.get(event.email) or f"email:{event.email}"
-        assert event.anonymous_id is not None
-        return links.get(event.anonymous_id) or f"{ANON_PREFIX}{event.anonymous_id}"
-
     async def _load(
         self, conn: asyncpg.Connection, ids: set[str], now: datetime, *, lock: bool = True
     ) -> dict[str, _Touched]:
-        found = await leadstore.load_states(
-            conn, ids, lock=lock, known=self.cache.versions(ids)
-        )
+        found = await leadstore.load_states(conn, ids, lock=lock, known=self.cache.versions(ids))
         touched = {}
         stale = []
         for lead_id in ids:
@@ -597,9 +507,7 @@ class LeadProcessor:
             for t in changed.values()
             if t.state.stage == "recycled" and t.merged_into is None
         ]
-        leaving = [
-            k for k, t in changed.items() if t.state.stage != "recycled" or t.merged_into
-        ]
+        leaving = [k for k, t in changed.items() if t.state.stage != "recycled" or t.merged_into]
         await leadstore.sync_recycle_pool(conn, [m for m in members if m is not None], leaving)
         out += await self._followups(conn, changed, now)
         return out
@@ -649,20 +557,6 @@ class LeadProcessor:
 
     def followup_message(self, r: Followup) -> OutboxRecord:
         return self.outputs.followup(r)
-
-
-def _by_email(event: BehaviourTracked) -> bool:
-    """Whether the event's subject is looked up by its email: an identify without a lead id,
-    or a browser unsubscribe whose email the site's server signed (a signed link)."""
-    if event.lead_id or event.email is None:
-        return False
-    if event.type == "identify":
-        return True
-    return (
-        event.type == "unsubscribe"
-        and event.collected is not None
-        and event.collected.email_verified
-    )
 
 
 def _source_and_id(qualified_id: str) -> tuple[str, str]:
