@@ -193,8 +193,10 @@ async def wait_committed(
     target = events + letters
     try:
         while True:
+            # Work forwarded to another shard's owner and not done yet is not done.
             n = await conn.fetchval(
                 "SELECT (SELECT count(*) FROM event_log) + (SELECT count(*) FROM dead_letters)"
+                " - (SELECT count(*) FROM inbox)"
             )
             now = time.monotonic()
             if n and first is None and (not steady or all(w.owns_partitions() for w in workers)):

@@ -255,19 +255,54 @@ async def lock_versions(conn: asyncpg.Connection, lead_ids: Iterable[str]) -> di
     return {r["lead_id"]: r["version"] for r in rows}
 
 
-async def save_leads(conn: asyncpg.Connection, rows: Sequence[LeadRow]) -> dict[str, str]:
-    """Upsert the rows; returns each lead's new row version (see :func:`load_states`)."""
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _columns(LeadRow) if c != "lead_id")
-    written = await _copy_upsert(
-        conn,
-        "leads",
-        _columns(LeadRow),
-        _records(LeadRow, rows),
-        types=_LEAD_TYPES,
-        conflict=f"ON CONFLICT (lead_id) DO UPDATE SET {updates}, updated_at = now()",
-        returning="lead_id, xmin::text AS version",
+class StaleState(Exception):
+    """A lead row changed after the batch read it (someone other than its owner wrote it: an
+    operator's replay, the retention purge): the batch is rolled back and done again."""
+
+
+async def save_leads(
+    conn: asyncpg.Connection, rows: Sequence[LeadRow], read: Mapping[str, str | None]
+) -> dict[str, str]:
+    """Write the rows, each only if it is still at the version ``read`` (None: it did not
+    exist); returns each lead's new row version (see :func:`load_states`).
+
+    Raises:
+        StaleState: a row was changed (or made) by someone else since it was read.
+    """
+    if not rows:
+        return {}
+    cols = _columns(LeadRow)
+    defs = ", ".join(f"{c} {_LEAD_TYPES.get(c, 'text')}" for c in cols)
+    await conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS stage_leads ({defs}, read_version text)"
+        " ON COMMIT DELETE ROWS"
     )
-    return {r["lead_id"]: r["version"] for r in written}
+    await conn.copy_records_to_table(
+        "stage_leads",
+        records=[
+            (*rec, read.get(r.lead_id))
+            for r, rec in zip(rows, _records(LeadRow, rows), strict=True)
+        ],
+        columns=[*cols, "read_version"],
+    )
+    updates = ", ".join(f"{c} = s.{c}" for c in cols if c != "lead_id")
+    updated = await conn.fetch(
+        f"""UPDATE leads l SET {updates}, updated_at = now() FROM stage_leads s
+             WHERE l.lead_id = s.lead_id AND s.read_version IS NOT NULL
+               AND l.xmin::text = s.read_version
+         RETURNING l.lead_id, l.xmin::text AS version"""
+    )
+    inserted = await conn.fetch(
+        f"""INSERT INTO leads ({", ".join(cols)})
+            SELECT {", ".join(cols)} FROM stage_leads WHERE read_version IS NULL
+            ON CONFLICT (lead_id) DO NOTHING
+         RETURNING lead_id, xmin::text AS version"""
+    )
+    written = {r["lead_id"]: r["version"] for r in (*updated, *inserted)}
+    if len(written) != len(rows):
+        stale = sorted({r.lead_id for r in rows} - written.keys())
+        raise StaleState(f"{len(stale)} leads changed since read, e.g. {stale[:3]}")
+    return written
 
 
 async def identity_links(conn: asyncpg.Connection, anonymous_ids: Iterable[str]) -> dict[str, str]:
@@ -320,6 +355,8 @@ async def anonymous_histories(
     rows = await conn.fetch(
         """SELECT subject, payload::text AS payload, qualified_id, occurred_at FROM event_log
             WHERE subject = ANY($1::text[]) AND topic = 'events' AND disposition = 'accepted'
+              -- forwarded to the visitor's owner and not applied yet: applied when taken
+              AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.qualified_id = event_log.qualified_id)
             ORDER BY subject, occurred_at, qualified_id""",
         wanted,
     )

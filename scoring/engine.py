@@ -78,7 +78,7 @@ def sweep(state: LeadState, rules: RuleSet, *, now: datetime) -> Decision:
 
 def stitch(
     lead: LeadState,
-    anon: LeadState,
+    anon_id: str,
     anon_events: Iterable[BehaviourTracked],
     rules: RuleSet,
     *,
@@ -91,16 +91,22 @@ def stitch(
     own scores are not added, so nothing is counted twice. The worker should retire the
     anonymous state afterwards.
 
+    Args:
+        lead: the lead (changed in place).
+        anon_id: the visitor's anonymous id (without ``anon:``).
+        anon_events: the behaviour the visitor was credited with.
+        rules: the rule set.
+        now: the processing time.
+
     Raises:
-        ScoringError: ``anon`` is not an anonymous subject, or ``lead`` is.
+        ScoringError: ``lead`` is an anonymous visitor itself, or ``anon_id`` names a subject.
     """
-    if not anon.anonymous or lead.anonymous:
-        raise ScoringError(f"cannot stitch {anon.lead_id!r} into {lead.lead_id!r}")
+    if lead.anonymous or anon_id.startswith(ANON_PREFIX) or not anon_id:
+        raise ScoringError(f"cannot stitch {anon_id!r} into {lead.lead_id!r}")
     decisions = [
         apply(lead, event, rules, now=now)
         for event in sorted(anon_events, key=lambda e: (e.occurred_at, e.event_id))
     ]
-    anon_id = anon.lead_id.removeprefix(ANON_PREFIX)
     linked = False
     if anon_id not in lead.linked_anonymous_ids:
         lead.linked_anonymous_ids.append(anon_id)

@@ -123,7 +123,8 @@ class Fold:
             self.links.setdefault(event.anonymous_id, subject)
             if anon in self.states and not state.anonymous:
                 history = self._history.pop(anon, [])
-                stitched = stitch(state, self.states.pop(anon), history, self.rules, now=self.now)
+                self.states.pop(anon)
+                stitched = stitch(state, event.anonymous_id, history, self.rules, now=self.now)
                 self.merged[anon] = subject
                 decisions.append(stitched)
                 state = stitched.state

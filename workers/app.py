@@ -16,6 +16,7 @@ from events.topics import TopicNames
 from infra import db, kafka, store
 from infra.services import Endpoints
 from infra.settings import Settings
+from infra.shards import Shards
 from infra.store import OutboxRecord
 from scoring.rules import load_rules
 from workers.bots import DEFAULT_BOT_PATTERN, BotFilter
@@ -154,6 +155,11 @@ class Runtime(Service):
         self.pool: Any = None
         self.ingestor: Ingestor | None = None
         self.processor: LeadProcessor | None = None
+        #: The time rules' own processor: it works on every shard (under the world lock) and
+        #: must not share the batch path's cache.
+        self.sweeper: LeadProcessor | None = None
+        #: The shards this process owns: the input partitions the group assigned it.
+        self.shards = Shards(partitions=settings.partitions, owned=frozenset())
         self.broker = BrokerTopics(
             endpoints.kafka_url, settings.topics, settings.partitions, settings.app_id
         )
@@ -174,6 +180,12 @@ class Runtime(Service):
             self.settings.topics,
             Assignment(self.settings.rep_list, self.settings.rep_daily_capacity),
             cache_size=self.settings.state_cache,
+            shards=self.shards,
+        )
+        self.sweeper = LeadProcessor(
+            rules,
+            self.settings.topics,
+            Assignment(self.settings.rep_list, self.settings.rep_daily_capacity),
         )
         self.ingestor = Ingestor(
             self.pool,
@@ -254,14 +266,22 @@ def create_app(settings: Settings, endpoints: Endpoints) -> faust.App:
     async def ingest(batch: Sequence[Incoming]) -> None:
         assert runtime.ingestor is not None
         started = time.monotonic()
+        processor = runtime.processor
+        before = (processor.received, processor.forwarded) if processor else (0, 0)
         report = await runtime.ingestor.handle(batch)
+        after = (processor.received, processor.forwarded) if processor else (0, 0)
+        if not batch and after == before:
+            return  # an idle poll that found no forwarded work either
         log.info(
-            "batch: %d received, %d new, %d duplicate, %d bot, %d dead-lettered in %.0f ms",
+            "batch: %d received, %d new, %d duplicate, %d bot, %d dead-lettered,"
+            " %d forwarded to other shards, %d taken from them, in %.0f ms",
             report.received,
             report.new_events,
             report.duplicates,
             report.bots,
             report.dead_letters,
+            after[1] - before[1],
+            after[0] - before[0],
             (time.monotonic() - started) * 1000,
         )
 
@@ -285,6 +305,8 @@ def create_app(settings: Settings, endpoints: Endpoints) -> faust.App:
         poll_wait=settings.batch_within,
         stall_seconds=settings.stall_seconds,
         on_undecodable=undecodable,
+        on_assignment=runtime.shards.assign,
+        on_idle=lambda: ingest([]),
     )
     app.add_dependency(consumer)
     if settings.web_enabled:
@@ -309,12 +331,12 @@ def create_app(settings: Settings, endpoints: Endpoints) -> faust.App:
 
     @app.timer(interval=settings.sweep_interval)
     async def sweep() -> None:
-        if runtime.processor is None or runtime.ingestor is None:
+        if runtime.sweeper is None or runtime.ingestor is None:
             return
         try:
             _, ids, records = await sweep_once(
                 runtime.pool,
-                runtime.processor,
+                runtime.sweeper,
                 now=datetime.now(UTC),
                 retention=settings.anonymous_retention,
             )

@@ -52,6 +52,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from mode import Service
@@ -64,6 +65,10 @@ log = logging.getLogger("leadcycle.consumer")
 Handle = Callable[[Sequence[Incoming]], Awaitable[None]]
 #: Records an undecodable batch (dead letter committed) before the consumer steps past it.
 OnUndecodable = Callable[[BadBatch], Awaitable[None]]
+#: Told the input partition numbers this member owns, and how many each input topic has.
+OnAssignment = Callable[[set[int], int | None], None]
+#: Called when a poll found nothing (under the batch lock).
+OnIdle = Callable[[], Awaitable[None]]
 Fetched = dict[TopicPartition, list[Any]]
 Failed = dict[TopicPartition, BaseException]
 
@@ -93,10 +98,12 @@ class _WaitForBatch(ConsumerRebalanceListener):
         async with self.owner.lock:
             log.info("partitions revoked: %s", _names(revoked))
             self.owner.forget(revoked)
+            self.owner.own(set())
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions assigned: %s", _names(assigned))
         self.owner.track(assigned)
+        self.owner.own(assigned)
 
 
 def _names(tps: set[TopicPartition]) -> str:
@@ -118,6 +125,8 @@ class InputConsumer(Service):
         poll_wait: float,
         stall_seconds: float = 60.0,
         on_undecodable: OnUndecodable | None = None,
+        on_assignment: OnAssignment | None = None,
+        on_idle: OnIdle | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
@@ -130,6 +139,8 @@ class InputConsumer(Service):
         self.poll_wait = poll_wait
         self.stall_seconds = stall_seconds
         self.on_undecodable = on_undecodable
+        self.on_assignment = on_assignment
+        self.on_idle = on_idle
         self.lock = asyncio.Lock()
         self.consumer: AIOKafkaConsumer | None = None
         # Per partition: (position, monotonic time it was last seen moving or caught up).
@@ -159,6 +170,9 @@ class InputConsumer(Service):
             heartbeat_interval_ms=1500,
             # Notice recreated topics (memory broker restart) within seconds.
             metadata_max_age_ms=5000,
+            # Partition i of every input topic to one member: it owns shard i, the leads whose
+            # key maps there (infra/shards.py), whichever topic their messages come from.
+            partition_assignment_strategy=(RangePartitionAssignor,),
         )
         self.consumer.subscribe(self.topics, listener=_WaitForBatch(self))
         await self.consumer.start()
@@ -174,6 +188,19 @@ class InputConsumer(Service):
         now = time.monotonic()
         for tp in assigned:
             self._progress[tp] = (None, now)
+
+    def own(self, assigned: set[TopicPartition]) -> None:
+        """Tell the owner of shards which ones this member owns now: the partition numbers
+        of the input topics it was assigned (a range assignment gives one member the same
+        numbers of every input topic), out of how many."""
+        if self.on_assignment is None:
+            return
+        counts = [
+            len(self.consumer.partitions_for_topic(t) or ()) if self.consumer else 0
+            for t in self.topics
+        ]
+        partitions = max(counts, default=0) or None
+        self.on_assignment({tp.partition for tp in assigned}, partitions)
 
     def forget(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked:
@@ -203,6 +230,10 @@ class InputConsumer(Service):
                 await asyncio.sleep(1.0)
                 continue
             if not fetched and not failed:
+                if self.on_idle is not None and consumer.assignment():
+                    async with self.lock:
+                        # No input: still take the work other members forwarded to our shards.
+                        await self.on_idle()
                 continue
             async with self.lock:
                 owned = consumer.assignment()

@@ -25,6 +25,7 @@ from events.outcomes import OutcomeRecorded
 from events.profiles import ProfileUpdated
 from events.tracking import BehaviourTracked
 from infra import store
+from infra.leadstore import StaleState
 from infra.store import DeadLetterRow, LoggedEvent, OutboxRecord
 from scoring.intake import admitted, qualify, scored_time, source_of
 from workers.bots import BotFilter
@@ -42,6 +43,8 @@ TRANSIENT = (
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
     asyncpg.AdminShutdownError,
+    # A lead row its owner read was changed meanwhile by another writer: do the batch again.
+    StaleState,
 )
 PAYLOAD_PREFIX_BYTES = 4096
 
@@ -163,7 +166,7 @@ class Ingestor:
                 ids, records = await self._commit(accepted, rejected, report)
                 break
             except TRANSIENT as exc:
-                log.warning("database unavailable (%r); retrying the batch in %.1f s", exc, delay)
+                log.warning("batch not committed (%r); retrying it in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
         await self._publish_behind(ids, records)

@@ -19,6 +19,7 @@ from infra import db, leadstore, store
 from infra.retention import purge_expired
 from infra.services import Endpoints
 from infra.settings import Settings
+from infra.shards import lock_world
 from scoring.rules import load_rules
 from workers.leads import Assignment, LeadProcessor
 
@@ -58,6 +59,8 @@ async def sweep_once(
         if not await leadstore.try_sweep_lock(conn):
             return report, [], []
         report.ran = True
+        # The sweep writes leads of every shard: it waits for their owners' batches in flight.
+        await lock_world(conn)
         today = now.astimezone(processor.tz).date()
         ids = await leadstore.sweep_candidates(
             conn, now=now, today=today, sla_hours=sla_hours, limit=limit
@@ -71,6 +74,7 @@ async def sweep_once(
         async with pool.acquire() as conn, conn.transaction():
             # Taken again: another worker may sweep in between, and both parts are idempotent.
             if await leadstore.try_sweep_lock(conn):
+                await lock_world(conn)
                 purged = await purge_expired(conn, cutoff=now - retention, limit=limit)
                 report.purged, report.purged_events = purged.visitors, purged.events
     if report.leads or report.overdue or report.purged:

@@ -445,7 +445,8 @@ def events_at_least(n: int) -> Callable[[Counts], bool]:
 async def counts(conn: asyncpg.Connection) -> Counts:
     row = await conn.fetchrow(
         "SELECT (SELECT count(*) FROM event_log) AS e, (SELECT count(*) FROM dead_letters) AS d,"
-        " (SELECT count(*) FROM outbox) AS o"
+        # Pending: outputs not published yet, and work forwarded to a shard's owner not done.
+        " (SELECT count(*) FROM outbox) + (SELECT count(*) FROM inbox) AS o"
     )
     assert row is not None
     return Counts(row["e"], row["d"], row["o"])

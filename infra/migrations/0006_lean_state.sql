@@ -64,3 +64,20 @@ CREATE TABLE lead_merges (
     merged_at  timestamptz NOT NULL
 );
 CREATE INDEX lead_merges_survivor ON lead_merges (survivor);
+
+-- 5. One writer per lead (docs/architecture.md, "One writer per lead"): work for a subject
+--    that another worker's shard owns (a visitor's events and its identify on different
+--    partitions, a merge) is forwarded to that shard here, in the forwarding batch's
+--    transaction, and taken by the owner in one of its own. PostgreSQL holds it, so a broker
+--    restart loses none of it.
+CREATE TABLE inbox (
+    seq           bigserial PRIMARY KEY,
+    shard         integer NOT NULL,
+    kind          text NOT NULL CHECK (kind IN ('event', 'link', 'stitch', 'claim', 'absorb')),
+    subject       text NOT NULL,
+    qualified_id  text,                -- the logged event it concerns (source|event id)
+    body          text,                -- JSON: what a stitch, claim or absorb carries
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX inbox_shard ON inbox (shard, seq);
+CREATE INDEX inbox_event ON inbox (qualified_id) WHERE qualified_id IS NOT NULL;

@@ -74,7 +74,7 @@ def test_stitch_credits_anonymous_history_with_original_times() -> None:
     ]
     anon = final(run(anon_events, state=LeadState.new("anon:a-7", now=T0 - days(10))))
     lead = final(run([profile(**GOOD_PROFILE)]))
-    decision = stitch(lead, anon, anon_events, RULES, now=T0)
+    decision = stitch(lead, "a-7", anon_events, RULES, now=T0)
     assert decision.state.linked_anonymous_ids == ["a-7"]
     # The lead scores exactly what the visitor scored, decayed from the original times.
     assert math.isclose(raw_behaviour_score(decision.state, T0), raw_behaviour_score(anon, T0))
@@ -84,17 +84,18 @@ def test_stitch_credits_anonymous_history_with_original_times() -> None:
     # (test_fold.py, and the worker's merged_into), so a replayed identify finds nothing.
 
 
-def test_stitch_refuses_a_known_lead_as_the_anonymous_side() -> None:
+def test_stitch_refuses_a_visitor_as_the_lead_and_a_subject_as_the_visitor_id() -> None:
     lead = LeadState.new("L1", now=T0)
     with pytest.raises(ScoringError, match="cannot stitch"):
-        stitch(lead, LeadState.new("L2", now=T0), [], RULES, now=T0)
+        stitch(LeadState.new("anon:a-9", now=T0), "a-7", [], RULES, now=T0)
+    with pytest.raises(ScoringError, match="cannot stitch"):
+        stitch(lead, "anon:a-7", [], RULES, now=T0)
 
 
 def test_stitched_history_can_make_the_lead_mql() -> None:
     anon_events = [behaviour("demo_request", T0 - hours(2), None, anonymous_id="a-8")]
-    anon = final(run(anon_events, state=LeadState.new("anon:a-8", now=T0)))
     lead = final(run([profile(**GOOD_PROFILE)]))
-    decision = stitch(lead, anon, anon_events, RULES, now=T0)
+    decision = stitch(lead, "a-8", anon_events, RULES, now=T0)
     assert decision.state.stage == "mql"
     assert decision.followup is not None
     assert decision.followup.why_now == "new_mql"
