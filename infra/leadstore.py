@@ -1,15 +1,13 @@
 """PostgreSQL repository of lead state, ledger, stage history, recycle pool and follow-ups.
 
 Every function takes a connection inside the batch's transaction and does one round trip for
-the whole batch. The subjects a batch decides on are locked (advisory locks per subject, taken
-in one global order, plus ``FOR UPDATE`` on their rows): events of one lead that arrive on
-different partitions (an anonymous visitor's pages, then its identify) are applied one
-transaction at a time, even before the lead's row exists.
+the whole batch (per kind of row). Only the owner of a lead's shard writes it (infra/
+shards.py); a write checks the row is still at the version its owner read, so an operator's
+replay or the retention purge meanwhile makes the batch run again instead of being lost.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime
@@ -187,72 +185,37 @@ _LEAD_TYPES = {
 }
 
 
-def subject_lock_key(subject: str) -> int:
-    """A signed 64-bit advisory-lock key for a lead or anonymous subject."""
-    digest = hashlib.blake2b(subject.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-async def lock_subjects(conn: asyncpg.Connection, subjects: Iterable[str]) -> None:
-    """Serialise work on these subjects across workers until the transaction ends.
-
-    Row locks cannot cover a lead that does not exist yet (an anonymous visitor's first event
-    racing its identify on another partition); advisory locks on the subject can. Keys are taken
-    in ascending order, the same order in every worker, so two batches cannot deadlock on them.
-    """
-    keys = sorted({subject_lock_key(s) for s in subjects})
-    if keys:
-        await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", keys)
-
-
 async def load_states(
     conn: asyncpg.Connection,
     lead_ids: Iterable[str],
     *,
-    lock: bool = True,
     known: Mapping[str, str] | None = None,
 ) -> dict[str, tuple[str | None, str | None, str]]:
     """``lead_id -> (stored state, merged_into, row version)`` of existing leads.
 
-    With ``lock`` the subjects are locked for this transaction first (advisory, then
-    ``FOR UPDATE``); without, this is a plain read whose versions :func:`lock_versions` checks
-    later. The version is the row's ``xmin``: every committed update of the row changes it.
+    A plain read: the caller owns these leads' shards (infra/shards.py), and
+    :func:`save_leads` writes each only if it is still at the version read. The version is the
+    row's ``xmin``: every committed update of the row changes it.
     ``known`` maps leads the caller holds a decoded state of to that state's version: their
     stored state comes back as None while the version still matches (nothing to decode).
     """
     ids = sorted(set(lead_ids))
     if not ids:
         return {}
-    if lock:
-        await lock_subjects(conn, ids)
     cached = known or {}
     have = [i for i in ids if i in cached]
     rows = await conn.fetch(
-        f"""SELECT l.lead_id, l.merged_into, l.xmin::text AS version,
+        """SELECT l.lead_id, l.merged_into, l.xmin::text AS version,
                    CASE WHEN k.version IS DISTINCT FROM l.xmin::text THEN l.state END AS state
               FROM leads l
               LEFT JOIN unnest($2::text[], $3::text[]) AS k(lead_id, version) USING (lead_id)
              WHERE l.lead_id = ANY($1::text[])
-             ORDER BY l.lead_id{" FOR UPDATE OF l" if lock else ""}""",
+             ORDER BY l.lead_id""",
         ids,
         have,
         [cached[i] for i in have],
     )
     return {r["lead_id"]: (r["state"], r["merged_into"], r["version"]) for r in rows}
-
-
-async def lock_versions(conn: asyncpg.Connection, lead_ids: Iterable[str]) -> dict[str, str]:
-    """Lock the subjects for this transaction; the row versions of those that exist."""
-    ids = sorted(set(lead_ids))
-    if not ids:
-        return {}
-    await lock_subjects(conn, ids)
-    rows = await conn.fetch(
-        """SELECT lead_id, xmin::text AS version FROM leads
-            WHERE lead_id = ANY($1::text[]) ORDER BY lead_id FOR UPDATE""",
-        ids,
-    )
-    return {r["lead_id"]: r["version"] for r in rows}
 
 
 class StaleState(Exception):

@@ -24,8 +24,6 @@ from datetime import datetime
 
 import asyncpg
 
-from infra.leadstore import subject_lock_key
-
 #: Subject written over a purged event's ``anon:<id>``: the log keeps no visitor identifier.
 PURGED_SUBJECT = "purged"
 
@@ -94,21 +92,17 @@ async def advance(conn: asyncpg.Connection, next_after: str) -> None:
 async def lock_visitors(conn: asyncpg.Connection, lead_ids: list[str]) -> list[str]:
     """Those of ``lead_ids`` no batch is working on, locked for this transaction.
 
-    The subject's advisory lock (the one batches take, infra/leadstore.py) and the row lock
-    are both *tried*, never waited for: a busy visitor is left for a later sweep, and the
-    sweep, which already holds other leads' row locks, can never deadlock with a batch.
+    The row lock is *tried*, never waited for: a visitor a batch is writing is left for a
+    later sweep, and the sweep, which already holds other leads' row locks, can never
+    deadlock with a batch. A batch that read a visitor the purge then removed finds its row
+    gone when it writes (its version check), and is done again from what is left.
     """
     if not lead_ids:
         return []
-    ids = sorted(set(lead_ids))
     rows = await conn.fetch(
-        """SELECT l.lead_id FROM leads l
-             JOIN unnest($1::text[], $2::bigint[]) AS c(lead_id, k) ON c.lead_id = l.lead_id
-            WHERE pg_try_advisory_xact_lock(c.k)
-            ORDER BY l.lead_id
-              FOR UPDATE OF l SKIP LOCKED""",
-        ids,
-        [subject_lock_key(i) for i in ids],
+        """SELECT lead_id FROM leads WHERE lead_id = ANY($1::text[])
+            ORDER BY lead_id FOR UPDATE SKIP LOCKED""",
+        sorted(set(lead_ids)),
     )
     return [r["lead_id"] for r in rows]
 

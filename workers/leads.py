@@ -263,7 +263,7 @@ class LeadProcessor:
     async def _load(
         self, conn: asyncpg.Connection, ids: set[str], now: datetime
     ) -> dict[str, _Touched]:
-        found = await leadstore.load_states(conn, ids, lock=False, known=self.cache.versions(ids))
+        found = await leadstore.load_states(conn, ids, known=self.cache.versions(ids))
         touched = {}
         stale = []
         for lead_id in ids:
@@ -281,7 +281,7 @@ class LeadProcessor:
                 touched[lead_id] = _Touched(LeadState.new(lead_id, now=now))
         if stale:
             for lead_id, (text, merged_into, version) in (
-                await leadstore.load_states(conn, stale, lock=False)
+                await leadstore.load_states(conn, stale)
             ).items():
                 assert text is not None
                 touched[lead_id] = _Touched(decode_state(text), merged_into, version=version)

@@ -74,7 +74,6 @@ async def sweep_once(
         async with pool.acquire() as conn, conn.transaction():
             # Taken again: another worker may sweep in between, and both parts are idempotent.
             if await leadstore.try_sweep_lock(conn):
-                await lock_world(conn)
                 purged = await purge_expired(conn, cutoff=now - retention, limit=limit)
                 report.purged, report.purged_events = purged.visitors, purged.events
     if report.leads or report.overdue or report.purged:

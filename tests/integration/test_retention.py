@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from infra import db, leadstore
+from infra import db
 from infra.postgres import drop_database, ensure_database
 from infra.retention import PURGED_SUBJECT
 from infra.settings import Settings
@@ -167,13 +167,13 @@ async def test_sweep_purges_expired_visitors_and_keeps_the_guarantees(scenario: 
         assert kept["links"], kept
 
         # Sweeps examine at most `limit` visitors each: several rounds purge them all. A
-        # visitor a batch holds (its subject's advisory lock) is skipped until it is free.
+        # visitor a batch is writing (its row locked) is skipped until it is free.
         rules = load_rules(ROOT / "rules" / "default.toml")
         processor = LeadProcessor(rules, sc.topics, Assignment(("rep-1",), 25))
         batch = await db.connect(sc.dsn)
         held = batch.transaction()
         await held.start()
-        await leadstore.lock_subjects(batch, ["anon:old-0"])
+        await batch.execute("SELECT 1 FROM leads WHERE lead_id = 'anon:old-0' FOR UPDATE")
         purged: list[int] = []
         for _ in range(6):
             report, _, _ = await sweep_once(pool, processor, now=NOW, limit=2, retention=RETENTION)
