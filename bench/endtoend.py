@@ -7,6 +7,7 @@ judged from consumer lag: tansu's end offsets are wrong (shared/notes/stack.md).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,10 @@ class EndToEnd:
     #: Average number of the workers' database sessions in each non-idle state.
     db_sessions: dict[str, float]
     profile: Profile | None
+    #: From the workers' logs: items forwarded to another shard's owner, and batches done
+    #: again because a lead row changed after it was read (no other re-scoring exists).
+    forwarded: int = 0
+    redone: int = 0
 
 
 def run_leadcycle(
@@ -79,6 +84,7 @@ def run_leadcycle(
         wall = time.monotonic() - started
         machine = (machine_busy_seconds() - busy) / wall
         cores = [c / wall for c in (w.cpu_seconds() for w in workers) if c is not None]
+        logs = [w.log() for w in workers]
     finally:
         if sampler is not None:
             sampler.stop()
@@ -90,4 +96,8 @@ def run_leadcycle(
         f"{progress.done_at - progress.first_at:.1f} s = {progress.rate:,.0f} events/s; "
         f"worker CPU {', '.join(f'{c:.2f}' for c in cores)} cores, machine {machine:.2f} cores"
     )
-    return EndToEnd(progress, processes, rss, cores, machine, db_sessions, profile)
+    forwarded = sum(int(n) for t in logs for n in re.findall(r"(\d+) forwarded to other", t))
+    redone = sum(t.count("batch not committed (StaleState") for t in logs)
+    return EndToEnd(
+        progress, processes, rss, cores, machine, db_sessions, profile, forwarded, redone
+    )

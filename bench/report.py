@@ -149,6 +149,15 @@ def render(r: dict[str, Any]) -> str:
         f"{_n(c['one_worker_cores'][0] / lc * 1e6 if c['one_worker_cores'] and lc else None)} µs |",
         f"| workers' DB sessions, mean count by state, 1 worker | {_states(r, 'one')} |",
         f"| workers' DB sessions, mean count by state, 2 workers | {_states(r, 'two')} |",
+        *(
+            [
+                f"| 2 workers: items forwarded to the other's shards / batches done again "
+                f"(a lead changed after it was read) | {r['owners']['forwarded']:,} / "
+                f"{r['owners']['redone']:,} |"
+            ]
+            if r.get("owners")
+            else []
+        ),
         "",
         "| target | wanted | measured | met |",
         "|---|---|---:|---|",

@@ -203,6 +203,7 @@ def measure(args: argparse.Namespace, services: Services, stamp: str) -> dict[st
             "two_machine_cores": two.machine_cores,
         },
         "db_sessions": {"one": one.db_sessions, "two": two.db_sessions},
+        "owners": {"forwarded": two.forwarded, "redone": two.redone + one.redone},
         "rss_mb": max(one.peak_rss_mb, default=None),
         "rss_mb_two_workers": two.peak_rss_mb,
         "latency": asdict(latency),

@@ -368,6 +368,7 @@ class LeadProcessor:
         history: list[BehaviourTracked],
         now: datetime,
     ) -> None:
+        target = self._redirect(b, self._follow(b, target))
         lead = await self._local(conn, b, target, now)
         if lead is None:
             body = {"anon": anon_id, "history": [e.event_id for e in history]}

@@ -310,3 +310,69 @@ async def _assigned(workers: list[WorkerProcess]) -> bool:
         if latest.strip() == "none":
             return False
     return True
+
+
+async def test_two_workers_merge_email_leads_into_crm_leads_across_shards(
+    scenario: Scenario,
+) -> None:
+    """Visitors identify by email only (email leads) while the CRM's profiles for the same
+    emails arrive under CRM ids, on whichever partitions their keys give, read by two
+    workers: every person ends as one CRM lead, the merge done by the two leads' owners."""
+    sc = scenario
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
+    people = [(f"w{n}", f"CRM-{n}", f"p{n}@corp.example") for n in range(16)]
+    web: list[Message] = []
+    crm: list[Message] = []
+    for i, (anon, lead, email) in enumerate(people):
+        web += visitor(anon, email, at + timedelta(minutes=i), n=3)
+        crm.append(crm_profile(lead, email, at + timedelta(minutes=i, seconds=40)))
+    # Half the people identify first, the other half reach the CRM first.
+    first = [m for m in web if int(m[1][1:]) % 2 == 0] + [m for m in crm if int(m[1][4:]) % 2]
+    second = [m for m in web if int(m[1][1:]) % 2] + [m for m in crm if int(m[1][4:]) % 2 == 0]
+    workers = [
+        WorkerProcess(sc.services, app_id=f"{sc.name}-w", prefix=sc.topics.prefix).start()
+        for _ in range(2)
+    ]
+    try:
+        await eventually(
+            lambda: _assigned(workers), seconds=60, what="both workers own partitions",
+            workers=tuple(workers),
+        )  # fmt: skip
+        for part, total in ((first, len(first)), (second, len(first) + len(second))):
+            await produce_all(
+                sc.services.kafka_url,
+                [(sc.topics.name(t), k.encode(), json.dumps(d).encode()) for t, k, d in part],
+            )
+
+            async def done(total: int = total) -> bool:
+                conn = await asyncpg.connect(sc.dsn)
+                try:
+                    n = await conn.fetchval(
+                        "SELECT (SELECT count(*) FROM event_log) * 1000"
+                        " + (SELECT count(*) FROM outbox) + (SELECT count(*) FROM inbox)"
+                    )
+                finally:
+                    await conn.close()
+                return bool(n == total * 1000)
+
+            await eventually(done, seconds=90, what="every event applied", workers=tuple(workers))
+    finally:
+        for w in workers:
+            w.stop()
+    stored = await stored_states(sc.dsn)
+    assert sorted(stored) == sorted(lead for _, lead, _ in people)  # one lead per person
+    for anon, lead, email in people:
+        state = stored[lead]
+        assert state.profile.email == email
+        assert state.events == 5  # three page views, the identify and the profile, once each
+        assert state.linked_anonymous_ids == [anon]
+        assert state.fit_score > 0
+    conn = await asyncpg.connect(sc.dsn)
+    try:
+        merged = await conn.fetch("SELECT absorbed, survivor FROM lead_merges ORDER BY absorbed")
+    finally:
+        await conn.close()
+    # The people who identified first had an email lead, merged when the CRM profile came.
+    assert {(r["absorbed"], r["survivor"]) for r in merged} == {
+        (f"email:{email}", lead) for n, (_, lead, email) in enumerate(people) if n % 2 == 0
+    }
