@@ -120,10 +120,12 @@ class Fold:
             and self._links(event)
         ):
             anon = f"{ANON_PREFIX}{event.anonymous_id}"
+            retired = anon in self.merged or event.anonymous_id in self.links
             self.links.setdefault(event.anonymous_id, subject)
-            if anon in self.states and not state.anonymous:
+            if not retired and not state.anonymous:
+                # Linked even if the visitor had no event yet (as the worker records it).
                 history = self._history.pop(anon, [])
-                self.states.pop(anon)
+                self.states.pop(anon, None)
                 stitched = stitch(state, event.anonymous_id, history, self.rules, now=self.now)
                 self.merged[anon] = subject
                 decisions.append(stitched)

@@ -345,14 +345,15 @@ class LeadProcessor:
             b.claimed.add(e.email)
         anon = b.touched.get(key) or (await self._load(conn, {key}, now))[key]
         b.touched[key] = anon
-        if anon.merged_into is not None:
-            await self._deliver(conn, b, e, anon.merged_into, now)
-            return
         target = self._redirect(b, target)
+        if anon.merged_into is not None:  # linked before: the identify is the lead's own
+            await self._deliver(conn, b, e, target, now)
+            return
         if anon_id not in b.links:
             b.links[anon_id] = target
             b.new_links.append((anon_id, target, e.event_id, e.occurred_at))
-        if anon.exists and not target.startswith(ANON_PREFIX):
+        if not target.startswith(ANON_PREFIX):
+            # Retired even if it had no event yet: its row says where its events go.
             history = [*b.histories.get(key, ()), *b.here.get(key, ())]
             anon.merged_into = target
             anon.decisions.append(Decision(state=anon.state, changed=True))
