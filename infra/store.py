@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 
 
-@dataclass(frozen=True)
-class LoggedEvent:
-    """An accepted input event as the event log stores it."""
+class LoggedEvent(NamedTuple):
+    """An accepted input event as the event log stores it (fields in the staging table's
+    column order: the rows go to COPY as they are)."""
 
     event_id: str  # the producer's id
     #: Where ``event_id`` is unique: the topic, or ``http:<site>`` (``scoring.intake``).
@@ -74,28 +75,7 @@ async def log_events(conn: asyncpg.Connection, rows: Sequence[LoggedEvent]) -> s
     if not rows:
         return set()
     await conn.execute(_STAGE_EVENTS)
-    await conn.copy_records_to_table(
-        "stage_event_log",
-        records=[
-            (
-                r.event_id,
-                r.source,
-                r.qualified_id,
-                r.topic,
-                r.type,
-                r.subject,
-                r.lead_id,
-                r.anonymous_id,
-                r.occurred_at,
-                r.stated_occurred_at,
-                r.site,
-                r.disposition,
-                r.position,
-                r.payload,
-            )
-            for r in rows
-        ],
-    )
+    await conn.copy_records_to_table("stage_event_log", records=rows)
     inserted = await conn.fetch(
         """INSERT INTO event_log (event_id, source, qualified_id, topic, type, subject, lead_id,
                                   anonymous_id, occurred_at, stated_occurred_at, site,

@@ -14,7 +14,7 @@ from events.outcomes import OutcomeRecorded
 from events.profiles import ProfileUpdated
 from events.tracking import BehaviourTracked
 from scoring.behaviour import credit, matching_rules, prune_caps, remember
-from scoring.decay import add, newest_of, read, worth
+from scoring.decay import add, newest_of, worth
 from scoring.decision import Decision, Draft
 from scoring.errors import ScoringError
 from scoring.fit import evaluate_fit, exclusion_match, fit_changes, grade, total
@@ -152,7 +152,10 @@ def _on_behaviour(d: Draft, event: BehaviourTracked) -> None:
         if gained is not None:
             add(gained, c.half_life_days, anchor, c.points)
         raw_total += c.raw
-        score = read(groups, now)
+        # What the contribution adds to the reading at ``now``: the reading after it, without
+        # reading every group again (equal to ``read(groups, now)`` up to float rounding).
+        decayed = worth(c.points, anchor, c.half_life_days, now, ref)
+        score = before + decayed
         d.ledger.append(
             LedgerEntry(
                 entry_id(state.lead_id, event.event_id, rule.id),
@@ -164,7 +167,7 @@ def _on_behaviour(d: Draft, event: BehaviourTracked) -> None:
                 event.occurred_at,
                 c.raw,
                 c.points,
-                worth(c.points, anchor, c.half_life_days, now, ref),
+                decayed,
                 before,
                 score,
                 anchor,
