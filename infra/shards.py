@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import asyncpg
 from aiokafka.partitioner import murmur2
@@ -30,6 +31,7 @@ SHARD_LOCK_BASE = 0x1EAD_0000_0000
 WORLD_LOCK = SHARD_LOCK_BASE - 1
 
 
+@lru_cache(maxsize=1 << 16)  # a batch asks about the same subjects several times
 def shard_of(subject: str, partitions: int) -> int:
     """The shard of ``subject``: the partition Kafka's default partitioner gives its key."""
     key = subject.removeprefix(ANON_PREFIX)

@@ -34,9 +34,9 @@ class LoggedEvent(NamedTuple):
     payload: str  # the event as received, JSON text
 
     @property
-    def key(self) -> tuple[str, str]:
-        """The idempotency key: ``(source, event_id)``."""
-        return self.source, self.event_id
+    def key(self) -> str:
+        """The idempotency key, ``(source, event_id)``, as one string: the qualified id."""
+        return self.qualified_id
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,9 @@ CREATE TEMP TABLE IF NOT EXISTS stage_event_log (
 ) ON COMMIT DELETE ROWS"""
 
 
-async def log_events(conn: asyncpg.Connection, rows: Sequence[LoggedEvent]) -> set[tuple[str, str]]:
-    """Insert events not seen before; return the keys that were new (in this transaction).
+async def log_events(conn: asyncpg.Connection, rows: Sequence[LoggedEvent]) -> set[str]:
+    """Insert events not seen before; return the qualified ids (``source|event_id``, one per
+    key) of those that were new (in this transaction).
 
     ``(event_id, source)`` is the primary key, so duplicates inside the batch, redeliveries
     and replays all come back as "not new" and are not applied again, while the same id from
@@ -86,9 +87,9 @@ async def log_events(conn: asyncpg.Connection, rows: Sequence[LoggedEvent]) -> s
              FROM stage_event_log
          ORDER BY event_id, source
            ON CONFLICT (event_id, source) DO NOTHING
-        RETURNING source, event_id"""
+        RETURNING qualified_id"""
     )
-    return {(r["source"], r["event_id"]) for r in inserted}
+    return {r[0] for r in inserted}
 
 
 async def record_dead_letters(conn: asyncpg.Connection, rows: Sequence[DeadLetterRow]) -> int:

@@ -82,4 +82,8 @@ def newest_of(groups: Iterable[DecayGroup], half_life_days: float) -> datetime |
 
 def newest(groups: Iterable[DecayGroup]) -> datetime | None:
     """The newest anchor over ``groups`` (None when empty)."""
-    return max((g.ref for g in groups), default=None)
+    found = None
+    for g in groups:
+        if found is None or g.ref > found:
+            found = g.ref
+    return found

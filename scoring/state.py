@@ -215,7 +215,7 @@ def encode_state(state: LeadState) -> str:
     if s.sla_escalated:
         doc["sla_escalated"] = True
     if s.fit:
-        doc["fit"] = [[p.attribute, p.rule_id, p.points, p.known] for p in s.fit]
+        doc["fit"] = s.fit  # named tuples: serialised as arrays, in field order
     if s.decay:
         doc["decay"] = _groups_out(s.decay)
     if s.caps:
@@ -240,7 +240,7 @@ def encode_state(state: LeadState) -> str:
         doc["excluded"] = True
         doc["exclusion_reason"] = s.exclusion_reason
     if s.activities:
-        doc["activities"] = [list(a) for a in s.activities]
+        doc["activities"] = s.activities
     if s.linked_anonymous_ids:
         doc["linked_anonymous_ids"] = s.linked_anonymous_ids
     return to_json(doc).decode()

@@ -213,13 +213,13 @@ class Ingestor:
         letters: list[tuple[DeadLetterRow, OutboxRecord]],
         accepted: Sequence[tuple[Incoming, InputEvent]],
         now: datetime,
-    ) -> tuple[int, set[tuple[str, str]], list[OutboxRecord], list[int]]:
+    ) -> tuple[int, set[str], list[OutboxRecord], list[int]]:
         """The transaction: ``(new dead letters, keys of new events, outputs, outbox ids)``."""
         async with self.pool.acquire() as conn, conn.transaction():
             new_keys = await store.log_events(conn, rows)
             new_letters = await store.record_dead_letters(conn, [row for row, _ in letters])
             fresh: list[InputEvent] = []
-            seen: set[tuple[str, str]] = set()
+            seen: set[str] = set()
             for row, (_, event) in zip(rows, accepted, strict=True):
                 if row.key in new_keys and row.key not in seen:
                     seen.add(row.key)

@@ -137,7 +137,7 @@ async def test_0004_keys_logged_events_by_source_and_still_recognises_them(
 
         async with conn.transaction():
             new = await store.log_events(conn, [logged("events"), logged("outcomes")])
-        assert new == {("outcomes", "crm-5042")}  # the redelivery is recognised
+        assert new == {"outcomes|crm-5042"}  # the redelivery is recognised
         assert await conn.fetchval("SELECT count(*) FROM event_log") == 3
     finally:
         await conn.close()
