@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -144,6 +145,15 @@ class FaustPublisher:
                 raise BrokerRestarted(f"{len(records)} outputs acknowledged across a restart")
 
 
+def tune_gc() -> None:
+    """Fewer full garbage collections: the worker keeps a large, long-lived heap (the state
+    cache: tens of thousands of small objects) whose objects die by reference counting, and
+    every full collection walks all of it. Measured on 86k events / 9k leads in process: 222
+    -> 176 µs CPU per event (docs/architecture.md, "The state cache")."""
+    gc.freeze()  # what start-up made lives as long as the process: never scan it again
+    gc.set_threshold(50_000, 50, 1000)
+
+
 class Runtime(Service):
     """Connections of one worker process: opened on start, closed on stop."""
 
@@ -165,6 +175,7 @@ class Runtime(Service):
         )
 
     async def on_start(self) -> None:
+        tune_gc()
         self.pool = await db.create_pool(self.endpoints.database_dsn)
         async with self.pool.acquire() as conn:
             applied = await db.migrate(conn)
