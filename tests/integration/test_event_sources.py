@@ -24,7 +24,7 @@ from scoring.scores import behaviour_score
 from scoring.state import LeadState, decode_state
 from tests.integration.conftest import Scenario
 from tests.integration.kafkatools import produce_all
-from tests.integration.workerproc import ROOT, WorkerProcess, eventually, leadcycle_cli
+from tests.integration.workerproc import ROOT, WorkerProcess, all_applied, leadcycle_cli
 
 pytestmark = pytest.mark.integration
 RULES = load_rules(ROOT / "rules" / "default.toml")
@@ -55,18 +55,7 @@ async def publish(sc: Scenario, worker: WorkerProcess, records: list[Record], *,
     """Publish ``records`` and wait until the event log holds ``rows`` rows and the outbox is
     drained (everything applied and published)."""
     await produce_all(sc.services.kafka_url, [(sc.topics.name(t), k, v) for t, k, v in records])
-
-    async def done() -> bool:
-        conn = await asyncpg.connect(sc.dsn)
-        try:
-            n = await conn.fetchval(
-                "SELECT (SELECT count(*) FROM event_log) * 1000 + (SELECT count(*) FROM outbox)"
-            )
-        finally:
-            await conn.close()
-        return bool(n == rows * 1000)
-
-    await eventually(done, seconds=60, what=f"{rows} logged events", workers=(worker,))
+    await all_applied(sc.dsn, rows, workers=(worker,))
 
 
 async def states(dsn: str) -> dict[str, LeadState]:
@@ -80,6 +69,7 @@ async def states(dsn: str) -> dict[str, LeadState]:
 
 def cli(sc: Scenario, *args: str) -> str:
     return leadcycle_cli(sc, *args)
+
 
 def assert_replay_reproduces(sc: Scenario, before: dict[str, LeadState]) -> dict[str, Any]:
     """``leadcycle replay`` under the same rules finds every lead's scores as the worker left

@@ -26,7 +26,13 @@ from scoring.scores import behaviour_score
 from tests.conftest import TEST_MARKER, RunningServices
 from tests.integration.conftest import Scenario, make_scenario
 from tests.integration.kafkatools import consume_all, produce_all
-from tests.integration.workerproc import ROOT, WorkerProcess, eventually, leadcycle_cli
+from tests.integration.workerproc import (
+    ROOT,
+    WorkerProcess,
+    all_applied,
+    eventually,
+    leadcycle_cli,
+)
 
 pytestmark = pytest.mark.integration
 RULES = load_rules(ROOT / "rules" / "default.toml")
@@ -94,18 +100,7 @@ async def send(sc: Scenario, worker: WorkerProcess, messages: list[Message], *, 
         sc.services.kafka_url,
         [(sc.topics.name(t), k.encode(), json.dumps(d).encode()) for t, k, d in messages],
     )
-
-    async def done() -> bool:
-        conn = await asyncpg.connect(sc.dsn)
-        try:
-            n = await conn.fetchval(
-                "SELECT (SELECT count(*) FROM event_log) * 1000 + (SELECT count(*) FROM outbox)"
-            )
-        finally:
-            await conn.close()
-        return bool(n == rows * 1000)
-
-    await eventually(done, seconds=60, what=f"{rows} logged events", workers=(worker,))
+    await all_applied(sc.dsn, rows, workers=(worker,))
 
 
 async def live_leads(dsn: str) -> list[asyncpg.Record]:
@@ -250,27 +245,13 @@ async def test_two_workers_one_lead_per_visitor_and_no_double_counting(
         for _ in range(2)
     ]
     try:
-        await eventually(
-            lambda: _assigned(workers), seconds=60, what="both workers own partitions",
-            workers=tuple(workers),
-        )  # fmt: skip
+        await both_own_partitions(workers)
         await produce_all(
             sc.services.kafka_url,
             [(sc.topics.name(t), k.encode(), json.dumps(d).encode()) for t, k, d in messages],
         )
 
-        async def done() -> bool:
-            conn = await asyncpg.connect(sc.dsn)
-            try:
-                n = await conn.fetchval(
-                    "SELECT (SELECT count(*) FROM event_log) * 1000"
-                    " + (SELECT count(*) FROM outbox) + (SELECT count(*) FROM inbox)"
-                )
-            finally:
-                await conn.close()
-            return bool(n == len(messages) * 1000)
-
-        await eventually(done, seconds=90, what="every event applied", workers=tuple(workers))
+        await all_applied(sc.dsn, len(messages), workers=tuple(workers), seconds=90)
         logs = [w.log() for w in workers]
     finally:
         for w in workers:
@@ -298,6 +279,13 @@ async def test_two_workers_one_lead_per_visitor_and_no_double_counting(
     finally:
         await conn.close()
     assert unmerged == 0
+
+
+async def both_own_partitions(workers: list[WorkerProcess]) -> None:
+    await eventually(
+        lambda: _assigned(workers), seconds=60, what="both workers own partitions",
+        workers=tuple(workers),
+    )  # fmt: skip
 
 
 async def _assigned(workers: list[WorkerProcess]) -> bool:
@@ -334,28 +322,13 @@ async def test_two_workers_merge_email_leads_into_crm_leads_across_shards(
         for _ in range(2)
     ]
     try:
-        await eventually(
-            lambda: _assigned(workers), seconds=60, what="both workers own partitions",
-            workers=tuple(workers),
-        )  # fmt: skip
+        await both_own_partitions(workers)
         for part, total in ((first, len(first)), (second, len(first) + len(second))):
             await produce_all(
                 sc.services.kafka_url,
                 [(sc.topics.name(t), k.encode(), json.dumps(d).encode()) for t, k, d in part],
             )
-
-            async def done(total: int = total) -> bool:
-                conn = await asyncpg.connect(sc.dsn)
-                try:
-                    n = await conn.fetchval(
-                        "SELECT (SELECT count(*) FROM event_log) * 1000"
-                        " + (SELECT count(*) FROM outbox) + (SELECT count(*) FROM inbox)"
-                    )
-                finally:
-                    await conn.close()
-                return bool(n == total * 1000)
-
-            await eventually(done, seconds=90, what="every event applied", workers=tuple(workers))
+            await all_applied(sc.dsn, total, workers=tuple(workers), seconds=90)
     finally:
         for w in workers:
             w.stop()

@@ -82,3 +82,25 @@ async def eventually(
         await asyncio.sleep(interval)
     logs = "".join(f"\n--- {w.log_path.name}\n{w.log(12000)}" for w in workers)
     raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}{logs}")
+
+
+async def all_applied(
+    dsn: str, rows: int, *, workers: tuple[WorkerProcess, ...], seconds: float = 60
+) -> None:
+    """Wait until the event log holds ``rows`` rows and nothing is pending: the outbox is
+    drained (every output published) and no forwarded work waits in the inbox (every event
+    applied by its lead's owner)."""
+    import asyncpg  # the test rig's own connection, not the worker's
+
+    async def done() -> bool:
+        conn = await asyncpg.connect(dsn)
+        try:
+            n = await conn.fetchval(
+                "SELECT (SELECT count(*) FROM event_log) * 1000"
+                " + (SELECT count(*) FROM outbox) + (SELECT count(*) FROM inbox)"
+            )
+        finally:
+            await conn.close()
+        return bool(n == rows * 1000)
+
+    await eventually(done, seconds=seconds, what=f"{rows} logged events", workers=workers)
