@@ -79,8 +79,3 @@ async def logged_events(
         [e for _, e in keys],
     )
     return {r["qualified_id"]: (r["topic"], r["payload"], r["occurred_at"]) for r in rows}
-
-
-async def pending(conn: asyncpg.Connection) -> int:
-    """Items waiting (all shards)."""
-    return int(await conn.fetchval("SELECT count(*) FROM inbox"))

@@ -45,8 +45,6 @@ class Shards:
 
     partitions: int
     owned: frozenset[int] | None = None
-    #: Bumped at every change of ``owned``.
-    generation: int = 0
 
     def mine(self) -> frozenset[int]:
         return frozenset(range(self.partitions)) if self.owned is None else self.owned
@@ -61,7 +59,6 @@ class Shards:
         if partitions is not None:
             self.partitions = partitions
         self.owned = frozenset(owned)
-        self.generation += 1
 
 
 async def lock_shards(conn: asyncpg.Connection, shards: Iterable[int]) -> None:

@@ -45,8 +45,6 @@ class Settled:
     changed: dict[str, Followup] = field(default_factory=dict)
     #: The follow-ups opened (a rep is to be assigned), a subset of ``changed``.
     opened: list[Followup] = field(default_factory=list)
-    #: The lead's open follow-up afterwards (None: none open).
-    open: Followup | None = None
 
 
 def needs_desk(decisions: Iterable[Decision]) -> bool:
@@ -85,7 +83,6 @@ def settle(open_row: Followup | None, decisions: Iterable[Decision], now: dateti
                     context=context_json(d.followup),
                 )
             out.changed[open_row.followup_id] = open_row
-    out.open = open_row
     return out
 
 

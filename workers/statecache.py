@@ -48,6 +48,3 @@ class StateCache:
             items.move_to_end(lead_id)
         while len(items) > self.size:
             items.popitem(last=False)
-
-    def clear(self) -> None:
-        self._items.clear()
