@@ -123,10 +123,11 @@ def prune_caps(state: LeadState, rules: RuleSet) -> None:
     gone = []
     earliest: datetime | None = None
     for key in caps:
-        window = windows.get(key)
-        if window is None:
-            window = windows[key] = _cap_window(key, rules)
-        ends = window[0] + window[1]  # start + horizon
+        ends = windows.get(key, _UNKNOWN)
+        if ends is _UNKNOWN:
+            ends = windows[key] = _window_ends(key, rules)
+        if ends is None:
+            continue  # kept for good (a half-life too long to forget within the calendar)
         if ends < ref:
             gone.append(key)
         elif earliest is None or ends < earliest:
@@ -136,14 +137,26 @@ def prune_caps(state: LeadState, rules: RuleSet) -> None:
     state.caps_expiry = earliest
 
 
-def _cap_window(key: str, rules: RuleSet) -> tuple[datetime, timedelta]:
-    """The start of the cap window ``key`` and how long after it the window is kept."""
+_UNKNOWN = object()
+#: A window kept longer than this is kept for good (no calendar date lies beyond it).
+_FOREVER = timedelta(days=1_000 * 366)
+
+
+def _window_ends(key: str, rules: RuleSet) -> datetime | None:
+    """When the cap window ``key`` stops mattering: its start plus ``forget_after_half_lives``
+    half-lives; None when that lies beyond any date (a half-life of millions of days: the
+    window is kept, never an overflow that would lose the event)."""
     rule_id, _, day = key.rpartition("@")
     rule = next((r for r in rules.behaviour.rules if r.id == rule_id), None)
     half_life = rules.behaviour.half_life(rule) if rule else rules.behaviour.half_life_days
-    horizon = timedelta(days=half_life * rules.behaviour.forget_after_half_lives)
+    days = half_life * rules.behaviour.forget_after_half_lives
+    if days >= _FOREVER.days:
+        return None
     start = datetime.combine(date.fromisoformat(day), time(0), rules.calendar.zone)
-    return start, horizon
+    try:
+        return start + timedelta(days=days)
+    except OverflowError:
+        return None
 
 
 def label(event: BehaviourTracked) -> str | None:

@@ -173,3 +173,24 @@ def test_old_cap_windows_are_pruned() -> None:
         [view("https://acme.example/a", T0), view("https://acme.example/b", T0 + days(400))]
     )
     assert list(final(decisions).caps) == ["page-view@2027-04-06"]
+
+
+@pytest.mark.parametrize("half_life", [100_000.0, 1e7, 1e12])
+def test_a_half_life_beyond_the_calendar_keeps_capped_events_scoring(half_life: float) -> None:
+    """A rule file's "practically no decay" (a half-life of 100,000 days or more) made every
+    capped event fail in the cap-window pruning (date out of range) and be dead-lettered. Its
+    windows are now kept for good, and the events score."""
+    behaviour = RULES.behaviour.model_copy(
+        update={
+            "half_life_days": half_life,
+            "half_life_days_by_event": {},
+            "rules": [r.model_copy(update={"half_life_days": None}) for r in RULES.behaviour.rules],
+        }
+    )
+    rules = RULES.model_copy(update={"behaviour": behaviour, "version": f"long-{half_life:g}"})
+    pages = [view(f"https://acme.example/p{i}", T0 + days(i) + hours(j)) for i in range(3)
+             for j in range(8)]  # fmt: skip
+    state = final(run(pages, rules, now=T0 + days(400)))
+    assert state.caps  # the windows are kept
+    # Three days of page views, capped at 5 points a day, decayed by at most 0.3 % in 400 days.
+    assert raw_behaviour_score(state, T0 + days(400)) == pytest.approx(3 * 5.0, rel=1e-2)
