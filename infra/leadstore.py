@@ -148,23 +148,20 @@ async def _copy_upsert(
     *,
     types: dict[str, str],
     conflict: str,
-    returning: str = "",
-) -> list[asyncpg.Record]:
+) -> None:
     """COPY ``records`` (tuples in ``cols`` order) into a temp staging table, then one
-    INSERT ... SELECT ... ON CONFLICT (``RETURNING returning`` when given)."""
+    INSERT ... SELECT ... ON CONFLICT."""
     if not records:
-        return []
+        return
     stage = f"stage_{table}"
     # JSON travels as text through COPY and is cast once, in the INSERT.
     defs = ", ".join(f"{c} {types.get(c, 'text').replace(JSON, 'text')}" for c in cols)
     await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} ({defs}) ON COMMIT DELETE ROWS")
     await conn.copy_records_to_table(stage, records=records, columns=list(cols))
     select = ", ".join(f"{c}::jsonb" if types.get(c) == JSON else c for c in cols)
-    sql = f"INSERT INTO {table} ({', '.join(cols)}) SELECT {select} FROM {stage} {conflict}"
-    if returning:
-        return list(await conn.fetch(f"{sql} RETURNING {returning}"))
-    await conn.execute(sql)
-    return []
+    await conn.execute(
+        f"INSERT INTO {table} ({', '.join(cols)}) SELECT {select} FROM {stage} {conflict}"
+    )
 
 
 def _records(cls: type, rows: Sequence[Any]) -> list[tuple[Any, ...]]:

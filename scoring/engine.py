@@ -18,7 +18,7 @@ from scoring.decay import add, newest_of, worth
 from scoring.decision import Decision, Draft
 from scoring.errors import ScoringError
 from scoring.fit import evaluate_fit, exclusion_match, fit_changes, grade, total
-from scoring.ledger import LedgerEntry, entry_id
+from scoring.ledger import LedgerEntry, entry_id, fit_entry
 from scoring.lifecycle import advance_by_time, disqualify, on_outcome
 from scoring.rules import RuleSet
 from scoring.scores import behaviour_score, fit_score, priority, raw_behaviour_score
@@ -194,24 +194,18 @@ def refit(d: Draft, event_id: str, occurred_at: datetime) -> None:
     same_parts = parts is state.fit or parts == state.fit
     score = state.fit_score
     for change in [] if same_parts else fit_changes(state.fit, parts):
-        after = score + change.delta
-        d.ledger.append(
-            LedgerEntry(
-                entry_id=entry_id(state.lead_id, event_id, change.rule_id),
-                lead_id=state.lead_id,
-                event_id=event_id,
-                rule_id=change.rule_id,
-                rules_version=rules.version,
-                kind="fit",
-                occurred_at=occurred_at,
-                raw_points=change.raw,
-                points=change.delta,
-                decayed_points=change.delta,
-                score_before=score,
-                score_after=after,
-            )
+        entry = fit_entry(
+            state.lead_id,
+            event_id,
+            change.rule_id,
+            rules.version,
+            at=occurred_at,
+            raw=change.raw,
+            delta=change.delta,
+            before=score,
         )
-        score = after
+        d.ledger.append(entry)
+        score = entry.score_after
     # ``fit_score`` is always ``total(fit)``: only the grade can change with the same parts
     # (new grade cut-offs).
     new_score = state.fit_score if same_parts else total(parts)

@@ -48,6 +48,34 @@ def entry_id(lead_id: str, event_id: str, rule_id: str) -> str:
     return f"{lead_id}:{event_id}:{rule_id}"
 
 
+def fit_entry(
+    lead_id: str,
+    event_id: str,
+    rule_id: str,
+    rules_version: str,
+    *,
+    at: datetime,
+    raw: float,
+    delta: float,
+    before: float,
+) -> LedgerEntry:
+    """The entry of a fit rule whose contribution changed by ``delta`` (fit does not decay)."""
+    return LedgerEntry(
+        entry_id=entry_id(lead_id, event_id, rule_id),
+        lead_id=lead_id,
+        event_id=event_id,
+        rule_id=rule_id,
+        rules_version=rules_version,
+        kind="fit",
+        occurred_at=at,
+        raw_points=raw,
+        points=delta,
+        decayed_points=delta,
+        score_before=before,
+        score_after=before + delta,
+    )
+
+
 def score_from_ledger(
     entries: Iterable[LedgerEntry], *, at: datetime, rules: RuleSet | None = None
 ) -> tuple[float, float]:

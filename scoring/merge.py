@@ -23,7 +23,7 @@ from scoring.decision import Decision, Draft
 from scoring.engine import refit
 from scoring.errors import ScoringError
 from scoring.fit import exclusion_match
-from scoring.ledger import LedgerEntry, entry_id
+from scoring.ledger import LedgerEntry, entry_id, fit_entry
 from scoring.lifecycle import LEVEL, advance_by_time, disqualify, merge_bant, queue_followup
 from scoring.rules import RuleSet
 from scoring.state import ANON_PREFIX, MAX_LINKED_IDS, LeadState
@@ -158,23 +158,18 @@ def _reverse_fit(d: Draft, a: LeadState) -> None:
         if part.rule_id is None or part.points == 0:
             continue
         event = f"{d.event_id}~{a.lead_id}"
-        d.ledger.append(
-            LedgerEntry(
-                entry_id=entry_id(s.lead_id, event, part.rule_id),
-                lead_id=s.lead_id,
-                event_id=event,
-                rule_id=part.rule_id,
-                rules_version=rules.version,
-                kind="fit",
-                occurred_at=d.now,
-                raw_points=-part.points,
-                points=-part.points,
-                decayed_points=-part.points,
-                score_before=score,
-                score_after=score - part.points,
-            )
+        entry = fit_entry(
+            s.lead_id,
+            event,
+            part.rule_id,
+            rules.version,
+            at=d.now,
+            raw=-part.points,
+            delta=-part.points,
+            before=score,
         )
-        score -= part.points
+        d.ledger.append(entry)
+        score = entry.score_after
 
 
 def _latest(x: datetime | None, y: datetime | None) -> datetime | None:
